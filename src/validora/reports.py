@@ -1,0 +1,166 @@
+"""What a training run leaves for people: curves, confusion matrix, model card."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from validora.adapters import AdapterInfo
+from validora.metrics import Metrics
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(report: Any, path: Path) -> None:
+    plt = _pyplot()
+    epochs = [r.epoch for r in report.epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r.train_loss for r in report.epochs], "o-", label="train loss")
+    left.plot(epochs, [r.val_loss for r in report.epochs], "o-", label="validation loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss per label token")
+    left.legend()
+    right.plot(epochs, [r.val_accuracy for r in report.epochs], "o-", label="validation accuracy")
+    right.plot(epochs, [r.val_macro_f1 for r in report.epochs], "o-", label="validation macro-F1")
+    right.axhline(
+        report.metrics.chance_accuracy, color="grey", linestyle=":", label="majority-label accuracy"
+    )
+    right.axvline(report.best_epoch, color="green", linestyle="--", alpha=0.5, label="kept epoch")
+    right.set_ylim(0, 1.02)
+    right.set_xlabel("epoch")
+    right.legend(loc="lower right")
+    for ax in (left, right):
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix(metrics: Metrics, path: Path, title: str = "Validation confusion matrix") -> None:
+    plt = _pyplot()
+    k = len(metrics.labels)
+    size = max(4.0, 0.7 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(metrics.confusion, cmap="Blues")
+    ax.set_xticks(range(k), metrics.labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), metrics.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    peak = max((max(row) for row in metrics.confusion), default=0)
+    for i, row in enumerate(metrics.confusion):
+        for j, value in enumerate(row):
+            ax.text(
+                j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black"
+            )
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def per_label_rows(metrics: Metrics) -> list[tuple[str, float, float, float, int]]:
+    return [(label, s.precision, s.recall, s.f1, s.support) for label, s in metrics.per_label.items()]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_card(info: AdapterInfo, metrics: dict[str, Any]) -> str:
+    """A README.md built from validora.json and metrics.json alone (no LLM involved)."""
+    kind = "activated LoRA (aLoRA)" if info.is_alora else "LoRA"
+    best = metrics.get("metrics", {})
+    per_label = best.get("per_label", {})
+    rows = [(label, s["precision"], s["recall"], s["f1"], s["support"]) for label, s in per_label.items()]
+    epochs = [
+        (e["epoch"], e["train_loss"], e["val_loss"], e["val_accuracy"], e["val_macro_f1"])
+        for e in metrics.get("epochs", [])
+    ]
+    train_args = {
+        k: info.training.get(k)
+        for k in (
+            "epochs",
+            "learning_rate",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "rank",
+            "seed",
+            "val_fraction",
+        )
+    }
+    front = [
+        "---",
+        "library_name: peft",
+        f"base_model: {info.base_model}",
+        "tags:",
+        "- validora",
+        f"- {info.adapter_type}",
+        "- requirement-validator",
+        "---",
+    ]
+    body = f"""
+# Validator adapter ({kind})
+
+A {kind} adapter trained with [validora](https://pypi.org/project/validora/) to classify text into
+{len(info.labels)} labels: {", ".join(f"`{label}`" for label in info.labels)}.
+
+- **Base model:** `{info.base_model}`
+- **Adapter type:** {info.adapter_type}
+- **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
+- **Training examples:** {info.training.get("n_train")} (held out for validation: {info.training.get("n_val")})
+
+## Held-out metrics (epoch {metrics.get("best_epoch")})
+
+Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):.3f}**
+(always answering the most frequent label would score {metrics.get("chance_accuracy", 0):.3f}).
+
+{_table(("label", "precision", "recall", "F1", "support"), rows)}
+
+![confusion matrix](confusion_matrix.png)
+
+### Per epoch
+
+{_table(("epoch", "train loss", "val loss", "val accuracy", "val macro-F1"), epochs)}
+
+![training curves](training_curves.png)
+
+## Training arguments
+
+```json
+{json.dumps(train_args, indent=2)}
+```
+
+## Usage
+
+```bash
+m alora predict ./this-adapter "text to classify"
+```
+
+```python
+from validora import load_validator
+validator = load_validator("./this-adapter")
+print(validator.predict(["text to classify"]))
+```
+
+## Data warning
+
+This adapter was trained on a small domain dataset. Small models fine-tuned on small datasets can
+memorise their training examples; do not publish an adapter trained on private data.
+"""
+    return "\n".join(front) + "\n" + body

@@ -1,0 +1,443 @@
+"""Training an aLoRA or LoRA validator adapter: setup / train / evaluate / save.
+
+aLoRA: the item and requirement come before the invocation, so their hidden states are the base
+model's. Their key/value cache is computed once without gradients (kept across epochs when it fits
+the memory budget) and forward + backward run only over invocation + label tokens. Loss and
+gradients equal the full-sequence forward; the cost falls by roughly prefix/suffix length.
+LoRA: ordinary full-sequence training, loss on label tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from validora import scoring
+from validora.adapters import AdapterInfo, staged_directory, write_json
+from validora.data import Example, labels_of, load_jsonl, stratified_split
+from validora.errors import ConfigError
+from validora.metrics import Metrics, classification_metrics
+from validora.models import LoadedModel, load_base_model
+from validora.prompting import PromptFormat, load_promptfile
+
+ADAPTER_TYPES = ("alora", "lora")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
+
+
+@dataclass
+class TrainConfig:
+    """Every training option, validated on construction; saved resolved in validora.json."""
+
+    datafile: str
+    outfile: str = "checkpoints/adapter"
+    basemodel: str | None = None
+    adapter: str = "alora"
+    device: str = "auto"
+    epochs: int = 6
+    learning_rate: float = 5e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    promptfile: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    rank: int = 32
+    alpha: int | None = None  # defaults to rank
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    warmup_fraction: float = 0.06
+    early_stop: int = 0  # stop after this many epochs without improvement; 0 = never
+    prefix_cache: bool = True  # aLoRA only: compute prefixes without gradients
+    cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size
+    eval_batch_size: int = 8
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                self.adapter in ADAPTER_TYPES,
+                f"--adapter must be one of {', '.join(ADAPTER_TYPES)}, not {self.adapter!r}",
+            ),
+            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
+            (self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1, not {self.grad_accum}"),
+            (self.max_length >= 16, f"--max-length must be at least 16, not {self.max_length}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
+            (self.rank >= 1, f"--rank must be at least 1, not {self.rank}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}"),
+            (
+                self.early_stop >= 0,
+                f"--early-stop must be 0 (off) or a number of epochs, not {self.early_stop}",
+            ),
+            (self.cache_memory_gb >= 0, f"--cache-memory-gb must be >= 0, not {self.cache_memory_gb}"),
+            (bool(self.target_modules), "--target-modules needs at least one module name"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message + ".")
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else self.rank
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    seconds: float
+
+
+@dataclass
+class TrainReport:
+    epochs: list[EpochRecord]
+    best_epoch: int
+    metrics: Metrics  # validation metrics of the best epoch
+    n_train: int
+    n_val: int
+    truncated_items: int
+    train_seconds: float  # optimisation + evaluation, excluding model load
+    cache_seconds: float
+    examples_per_second: float
+    prefix_cache: str  # "kept across epochs" | "per batch" | "off"
+    outfile: str | None = None
+
+    @property
+    def at_chance(self) -> bool:
+        """Validation accuracy no better than always answering the most frequent label."""
+        return self.metrics.accuracy <= self.metrics.chance_accuracy + 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["chance_accuracy"] = self.metrics.chance_accuracy
+        data["at_chance"] = self.at_chance
+        return data
+
+
+class Progress(Protocol):
+    """What the loop reports; the CLI draws it, the library default ignores it."""
+
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class SilentProgress:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class _Encoded:
+    prefix: list[int]
+    label: str
+
+
+class Trainer:
+    """One training run: `setup()`, `train()`, `save()`; `evaluate()` works at any point."""
+
+    def __init__(
+        self, config: TrainConfig, progress: Progress | None = None, loaded: LoadedModel | None = None
+    ):
+        self.config = config
+        self.progress = progress or SilentProgress()
+        self._loaded = loaded
+        self._caches: dict[int, scoring.StoredKV] = {}
+
+    # ----- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        examples = load_jsonl(cfg.datafile)
+        self.labels = labels_of(examples)
+        self.train_examples, self.val_examples = stratified_split(examples, cfg.val_fraction, cfg.seed)
+        invocation = load_promptfile(cfg.promptfile) if cfg.promptfile else None
+
+        self.accelerator = Accelerator(cpu=cfg.device == "cpu")
+        device = cfg.device if cfg.device != "auto" else str(self.accelerator.device.type)
+        self.progress.log(
+            f"Loading base model {cfg.basemodel or 'smollm2-135m-instruct (embedded)'} on {device}"
+        )
+        loaded = self._loaded or load_base_model(
+            cfg.basemodel, device=device, trust_remote_code=cfg.trust_remote_code
+        )
+        self.spec = loaded.spec
+        self.tokenizer = loaded.tokenizer
+        self.fmt = PromptFormat(self.tokenizer, self.labels, invocation, cfg.max_length)
+
+        torch.manual_seed(cfg.seed)
+        lora = LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            task_type="CAUSAL_LM",
+            alora_invocation_tokens=self.fmt.invocation_ids if cfg.adapter == "alora" else None,
+        )
+        model = get_peft_model(loaded.model, lora)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.peft = self.accelerator.unwrap_model(self.model)
+        self.device = self.accelerator.device
+
+        self.train_enc = self._encode(self.train_examples)
+        self.val_enc = self._encode(self.val_examples)
+        self.truncated = sum(self._truncated.values())
+        self.uses_cache = cfg.adapter == "alora" and cfg.prefix_cache
+        self.cache_seconds = 0.0
+        self._keep_caches = self.uses_cache and self._caches_fit()
+        if self._keep_caches:
+            started = time.perf_counter()
+            self._fill_caches()
+            self.cache_seconds = time.perf_counter() - started
+
+    def _encode(self, examples: Sequence[Example]) -> list[_Encoded]:
+        if not hasattr(self, "_truncated"):
+            self._truncated: dict[int, int] = {}
+        out = []
+        for e in examples:
+            enc = self.fmt.encode(e.item, e.requirement)
+            if enc.truncated:
+                self._truncated[id(e)] = enc.truncated
+            out.append(_Encoded(enc.prefix, e.label))
+        return out
+
+    def _caches_fit(self) -> bool:
+        config = self.peft.get_base_model().config
+        per_token = (
+            config.num_hidden_layers
+            * 2
+            * getattr(config, "num_key_value_heads", config.num_attention_heads)
+            * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+            * next(self.peft.parameters()).element_size()
+        )
+        tokens = sum(len(e.prefix) for e in (*self.train_enc, *self.val_enc))
+        need = per_token * tokens / 2**30
+        fits = need <= self.config.cache_memory_gb
+        self.progress.log(
+            f"Prefix caches: {need:.2f} GiB for {tokens} tokens; "
+            + (
+                "kept across epochs."
+                if fits
+                else f"over --cache-memory-gb {self.config.cache_memory_gb}, recomputed per batch."
+            )
+        )
+        return fits
+
+    def _all_encoded(self) -> list[tuple[int, _Encoded]]:
+        return [(i, e) for i, e in enumerate(self.train_enc)] + [
+            (-1 - i, e) for i, e in enumerate(self.val_enc)
+        ]
+
+    def _fill_caches(self) -> None:
+        pending = sorted(self._all_encoded(), key=lambda kv: len(kv[1].prefix))
+        self.progress.start("Caching prefixes", len(pending))
+        bs = max(self.config.eval_batch_size, self.config.batch_size)
+        for start in range(0, len(pending), bs):
+            chunk = pending[start : start + bs]
+            prefix = scoring.prefill(self.peft, [e.prefix for _, e in chunk], self.fmt.pad_id)
+            for (key, _), kv in zip(chunk, scoring.split_prefix(prefix), strict=True):
+                self._caches[key] = kv
+            self.progress.advance(len(chunk))
+
+    def _prefix(self, keys: Sequence[int], encoded: Sequence[_Encoded]) -> scoring.Prefix:
+        if self._keep_caches:
+            return scoring.join_prefix([self._caches[k] for k in keys], self.device)
+        return scoring.prefill(self.peft, [e.prefix for e in encoded], self.fmt.pad_id)
+
+    # ----- the loss ----------------------------------------------------------------------------------
+    def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> tuple[torch.Tensor, int]:
+        """Mean negative log-likelihood of the gold label + end tokens, and their count."""
+        branches = [[self.fmt.label_ids[e.label]] for e in batch]
+        if self.uses_cache:
+            prefix = self._prefix(keys, batch)
+            packed = scoring.pack([self.fmt.invocation_ids] * len(batch), branches, self.fmt.pad_id)
+        else:
+            prefix = scoring.empty_prefix(len(batch), self.device)
+            packed = scoring.pack_full(
+                [e.prefix for e in batch], self.fmt.invocation_ids, branches, self.fmt.pad_id
+            )
+        logits = self._forward(prefix, packed)
+        token_logps = torch.cat([lp for row in scoring.branch_logprobs(logits, packed) for lp in row])
+        return -token_logps.mean(), int(token_logps.numel())
+
+    def _forward(self, prefix: scoring.Prefix, packed: scoring.Packed) -> torch.Tensor:
+        return scoring.suffix_forward(self.model, prefix, packed)
+
+    # ----- train / evaluate --------------------------------------------------------------------------
+    def _lr_factor(self, step: int, total: int) -> float:
+        warmup = max(1, int(total * self.config.warmup_fraction))
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    def train(self) -> TrainReport:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        cfg = self.config
+        acc = self.accelerator
+        n_batches = math.ceil(len(self.train_enc) / cfg.batch_size)
+        mine = list(range(acc.process_index, n_batches, acc.num_processes))
+        total_updates = cfg.epochs * math.ceil(len(mine) / cfg.grad_accum)
+        records: list[EpochRecord] = []
+        best: tuple[float, float] | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+        best_metrics: Metrics | None = None
+        best_epoch = 0
+        stale = 0
+        update = 0
+        started = time.perf_counter()
+        self.progress.start("Training", cfg.epochs * len(mine))
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            self.model.train()
+            order = list(range(len(self.train_enc)))
+            random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+            batches = [order[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in mine]
+            loss_sum, token_sum = 0.0, 0
+            for i, keys in enumerate(batches):
+                loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
+                acc.backward(loss / cfg.grad_accum)
+                loss_sum += float(loss.detach()) * n_tokens
+                token_sum += n_tokens
+                if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.learning_rate * self._lr_factor(update, total_updates)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    update += 1
+                self.progress.advance()
+            metrics, val_loss = self.evaluate()
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=loss_sum / max(token_sum, 1),
+                val_loss=val_loss,
+                val_accuracy=metrics.accuracy,
+                val_macro_f1=metrics.macro_f1,
+                seconds=time.perf_counter() - epoch_start,
+            )
+            records.append(record)
+            self.progress.log(
+                f"epoch {epoch}: train loss {record.train_loss:.4f}  val loss {val_loss:.4f}  "
+                f"accuracy {metrics.accuracy:.3f}  macro-F1 {metrics.macro_f1:.3f}"
+            )
+            score = (metrics.macro_f1 + metrics.accuracy, -val_loss)
+            if best is None or score > best:
+                best, best_epoch, best_metrics, stale = score, epoch, metrics, 0
+                best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
+            else:
+                stale += 1
+                if cfg.early_stop and stale >= cfg.early_stop:
+                    self.progress.log(f"Stopping early: no improvement for {stale} epoch(s).")
+                    break
+        assert best_state is not None and best_metrics is not None
+        set_peft_model_state_dict(self.peft, best_state)
+        self.model.eval()
+        seconds = time.perf_counter() - started
+        self.report = TrainReport(
+            epochs=records,
+            best_epoch=best_epoch,
+            metrics=best_metrics,
+            n_train=len(self.train_enc),
+            n_val=len(self.val_enc),
+            truncated_items=len(self._truncated),
+            train_seconds=seconds,
+            cache_seconds=self.cache_seconds,
+            examples_per_second=len(self.train_enc) * len(records) / seconds,
+            prefix_cache="kept across epochs"
+            if self._keep_caches
+            else ("per batch" if self.uses_cache else "off"),
+        )
+        return self.report
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[Metrics, float]:
+        """Validation metrics by label scoring, and the validation loss (per label token)."""
+        self.model.eval()
+        bs = self.config.eval_batch_size
+        preds: list[str] = []
+        nll, tokens = 0.0, 0
+        for start in range(0, len(self.val_enc), bs):
+            keys = [-1 - i for i in range(start, min(start + bs, len(self.val_enc)))]
+            batch = self.val_enc[start : start + bs]
+            if self.config.adapter == "alora":
+                ll = scoring.label_loglik(self.peft, self.fmt, self._prefix(keys, batch))
+            else:
+                ll = scoring.full_loglik(self.peft, self.fmt, [e.prefix for e in batch])
+            for row, e in zip(ll, batch, strict=True):
+                gold = self.fmt.labels.index(e.label)
+                nll -= float(row[gold])
+                tokens += len(self.fmt.label_ids[e.label])
+                preds.append(self.fmt.labels[int(row.argmax())])
+        metrics = classification_metrics([e.label for e in self.val_enc], preds, self.fmt.labels)
+        return metrics, nll / max(tokens, 1)
+
+    # ----- save --------------------------------------------------------------------------------------
+    def info(self) -> AdapterInfo:
+        from validora import __version__
+
+        report = self.report
+        return AdapterInfo(
+            adapter_type=self.config.adapter,
+            base_model=self.spec.name,
+            labels=self.labels,
+            prompt=self.fmt.describe(),
+            training={**asdict(self.config), "n_train": report.n_train, "n_val": report.n_val},
+            metrics={
+                "best_epoch": report.best_epoch,
+                "val_accuracy": report.metrics.accuracy,
+                "val_macro_f1": report.metrics.macro_f1,
+                "chance_accuracy": report.metrics.chance_accuracy,
+            },
+            validora_version=__version__,
+        )
+
+    def save(self, outfile: str | Path | None = None) -> Path:
+        """Write the complete adapter directory; the target changes only when everything is written."""
+        from validora import reports
+
+        target = Path(outfile or self.config.outfile)
+        if not self.accelerator.is_main_process:
+            return target
+        info = self.info()
+        with staged_directory(target, overwrite=self.config.overwrite) as staging:
+            self.peft.save_pretrained(str(staging), safe_serialization=True)
+            (staging / "validora.json").write_text(info.to_json(), encoding="utf-8")
+            write_json(staging / "metrics.json", self.report.to_dict())
+            reports.training_curves(self.report, staging / "training_curves.png")
+            reports.confusion_matrix(self.report.metrics, staging / "confusion_matrix.png")
+            (staging / "README.md").write_text(
+                reports.model_card(info, self.report.to_dict()), encoding="utf-8"
+            )
+        self.report.outfile = str(target)
+        return target
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainReport:
+    """Setup, train and save in one call."""
+    trainer = Trainer(config, progress)
+    trainer.setup()
+    report = trainer.train()
+    trainer.save()
+    return report

@@ -1,0 +1,62 @@
+"""A trained adapter loaded on its base model, ready to score texts (what `m alora predict/eval` use)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from validora.adapters import AdapterInfo, attach, prompt_format
+from validora.errors import DataError
+from validora.metrics import Metrics, classification_metrics
+from validora.models import LoadedModel, load_base_model
+from validora.prompting import PromptFormat
+from validora.scoring import LabelScores, score_items
+
+
+@dataclass
+class Validator:
+    model: Any  # PeftModel with the adapter active
+    fmt: PromptFormat
+    info: AdapterInfo
+    path: Path
+
+    def predict(
+        self, texts: Sequence[str], requirement: str | None = None, *, batch_size: int = 8
+    ) -> list[LabelScores]:
+        """Label probabilities for each text; each text's prefix is computed once for all labels."""
+        return score_items(self.model, self.fmt, texts, requirement, batch_size=batch_size)
+
+    def evaluate(
+        self, texts: Sequence[str], gold: Sequence[str], requirements: Sequence[str | None] | None = None
+    ) -> tuple[Metrics, list[LabelScores]]:
+        unknown = sorted(set(gold) - set(self.fmt.labels))
+        if unknown:
+            raise DataError(
+                f"Labels not known to this adapter: {', '.join(unknown)} (it knows {self.fmt.labels})."
+            )
+        reqs = list(requirements) if requirements is not None else [None] * len(texts)
+        by_position: dict[int, LabelScores] = {}
+        for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
+            idx = [i for i, r in enumerate(reqs) if r == req]
+            by_position.update(zip(idx, self.predict([texts[i] for i in idx], req), strict=True))
+        results = [by_position[i] for i in range(len(texts))]
+        return classification_metrics(gold, [s.label for s in results], self.fmt.labels), results
+
+
+def load_validator(
+    path: str | Path,
+    *,
+    basemodel: str | None = None,
+    device: str = "auto",
+    loaded: LoadedModel | None = None,
+) -> Validator:
+    """Load an adapter directory onto its base model (or `basemodel`, which must tokenize identically)."""
+    path = Path(path)
+    info = AdapterInfo.read(path)
+    loaded = loaded or load_base_model(basemodel or info.base_model, device=device)
+    fmt = prompt_format(info, loaded.tokenizer)
+    model = attach(loaded.model, path, "validator")
+    model.eval()
+    return Validator(model=model, fmt=fmt, info=info, path=path)
