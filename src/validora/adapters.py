@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,13 +103,8 @@ def is_replaceable(directory: Path) -> bool:
     )
 
 
-@contextmanager
-def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling to fill; rename it onto `target` only when the block completes.
-
-    On any error or interrupt the temporary directory is removed and `target` is left as it was.
-    """
-    target = Path(target)
+def check_target(target: Path, *, overwrite: bool) -> None:
+    """Fail before any work if `target` may not be written; called again just before the swap."""
     if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
         raise AdapterError(f"{target} already exists; pass --overwrite to replace it.")
     if not is_replaceable(target):
@@ -117,6 +112,16 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
             f"{target} exists and is not a validora adapter directory; refusing to replace it. "
             "Choose another --outfile."
         )
+
+
+@contextmanager
+def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling to fill; rename it onto `target` only when the block completes.
+
+    On any error or interrupt the temporary directory is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -144,6 +149,3 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-Writer = Callable[[Path], None]

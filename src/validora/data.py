@@ -24,7 +24,7 @@ class Example:
     line: int = 0
 
 
-def _check_line(raw: str) -> tuple[Example | None, str | None, set[str]]:
+def _check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | None, set[str]]:
     """Parse one line; return (example, problem, unknown keys)."""
     try:
         obj = json.loads(raw)
@@ -32,7 +32,7 @@ def _check_line(raw: str) -> tuple[Example | None, str | None, set[str]]:
         return None, f"invalid JSON ({exc.msg} at column {exc.colno})", set()
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}", set()
-    for key in ("item", "label"):
+    for key in ("item", "label") if labeled else ("item",):
         if key not in obj:
             return None, f'missing field "{key}"', set()
         if not isinstance(obj[key], str):
@@ -42,11 +42,19 @@ def _check_line(raw: str) -> tuple[Example | None, str | None, set[str]]:
     requirement = obj.get("requirement")
     if requirement is not None and not isinstance(requirement, str):
         return None, f'field "requirement" must be a string, got {type(requirement).__name__}', set()
-    return Example(obj["item"], obj["label"].strip(), requirement), None, set(obj) - KNOWN_KEYS
+    label = obj.get("label")
+    return (
+        Example(obj["item"], label.strip() if isinstance(label, str) else "", requirement),
+        None,
+        set(obj) - KNOWN_KEYS,
+    )
 
 
-def load_jsonl(path: str | Path, *, max_reported: int = MAX_REPORTED) -> list[Example]:
-    """Load every example, or raise one DataError listing every bad line (up to `max_reported`)."""
+def load_jsonl(path: str | Path, *, labeled: bool = True, max_reported: int = MAX_REPORTED) -> list[Example]:
+    """Load every example, or raise one DataError listing every bad line (up to `max_reported`).
+
+    `labeled=False` accepts lines without a label (texts to classify).
+    """
     path = Path(path)
     try:
         raw_bytes = path.read_bytes()
@@ -70,7 +78,7 @@ def load_jsonl(path: str | Path, *, max_reported: int = MAX_REPORTED) -> list[Ex
         except UnicodeDecodeError as exc:
             problems.append(LineProblem(path, number, f"not valid UTF-8 (byte {exc.start + 1})"))
             continue
-        example, problem, extra = _check_line(text)
+        example, problem, extra = _check_line(text, labeled)
         if problem:
             problems.append(LineProblem(path, number, problem))
         elif example is not None:

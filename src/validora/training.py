@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from validora import scoring
-from validora.adapters import AdapterInfo, staged_directory, write_json
+from validora.adapters import AdapterInfo, check_target, staged_directory, write_json
 from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError
 from validora.metrics import Metrics, classification_metrics
@@ -168,6 +168,7 @@ class Trainer:
         from peft import LoraConfig, get_peft_model
 
         cfg = self.config
+        check_target(Path(cfg.outfile), overwrite=cfg.overwrite)
         examples = load_jsonl(cfg.datafile)
         self.labels = labels_of(examples)
         self.train_examples, self.val_examples = stratified_split(examples, cfg.val_fraction, cfg.seed)

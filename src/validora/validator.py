@@ -29,7 +29,12 @@ class Validator:
         return score_items(self.model, self.fmt, texts, requirement, batch_size=batch_size)
 
     def evaluate(
-        self, texts: Sequence[str], gold: Sequence[str], requirements: Sequence[str | None] | None = None
+        self,
+        texts: Sequence[str],
+        gold: Sequence[str],
+        requirements: Sequence[str | None] | None = None,
+        *,
+        batch_size: int = 8,
     ) -> tuple[Metrics, list[LabelScores]]:
         unknown = sorted(set(gold) - set(self.fmt.labels))
         if unknown:
@@ -40,7 +45,9 @@ class Validator:
         by_position: dict[int, LabelScores] = {}
         for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
             idx = [i for i, r in enumerate(reqs) if r == req]
-            by_position.update(zip(idx, self.predict([texts[i] for i in idx], req), strict=True))
+            by_position.update(
+                zip(idx, self.predict([texts[i] for i in idx], req, batch_size=batch_size), strict=True)
+            )
         results = [by_position[i] for i in range(len(texts))]
         return classification_metrics(gold, [s.label for s in results], self.fmt.labels), results
 

@@ -1,0 +1,32 @@
+"""The `m` command: typer app with the `alora` sub-app. Parsing and display only; no logic here."""
+
+from __future__ import annotations
+
+import typer
+
+from validora.cli import evaluate, predict, train
+
+app = typer.Typer(
+    help="validora: train and use small validator adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+alora = typer.Typer(help="Train, evaluate and use (a)LoRA validator adapters.", no_args_is_help=True)
+app.add_typer(alora, name="alora")
+alora.command("train")(train.train)
+alora.command("eval")(evaluate.evaluate)
+alora.command("predict")(predict.predict)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        from validora import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

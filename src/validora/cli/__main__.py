@@ -1,0 +1,3 @@
+from validora.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""`m alora predict ADAPTER TEXT...`: the label and every label's probability, as a table or JSONL."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from validora.cli.display import handles_errors, out
+from validora.errors import ConfigError
+
+
+def _read_texts(path: Path) -> list[str]:
+    """JSONL with an "item" field (by extension), else one text per line; "-" is standard input."""
+    if path.suffix == ".jsonl":
+        from validora.data import load_jsonl
+
+        return [e.item for e in load_jsonl(path, labeled=False)]
+    raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    return [line for line in raw.splitlines() if line.strip()]
+
+
+@handles_errors
+def predict(
+    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(help='Read texts from a file: .jsonl ("item" field) or one per line; - for stdin.'),
+    ] = None,
+    requirement: Annotated[
+        str | None, typer.Option(help="Requirement text, for adapters trained with one.")
+    ] = None,
+    basemodel: Annotated[str | None, typer.Option(help="Override the adapter's base model.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Items scored per forward pass.")] = 8,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per text on stdout.")] = False,
+) -> None:
+    """Classify texts with an adapter: predicted label and the probability of every label."""
+    items = list(texts or [])
+    if file is not None:
+        if str(file) != "-" and not file.is_file():
+            raise ConfigError(f"--file {file} does not exist.")
+        items += _read_texts(file)
+    if not items:
+        raise ConfigError("Nothing to classify: give texts as arguments or --file.")
+    from validora.validator import load_validator
+
+    validator = load_validator(adapter, basemodel=basemodel, device=device)
+    results = validator.predict(items, requirement, batch_size=batch_size)
+    if jsonl:
+        for text, r in zip(items, results, strict=True):
+            out.print(
+                json.dumps({"item": text, "label": r.label, "probs": r.probs}, ensure_ascii=False),
+                soft_wrap=True,
+                highlight=False,
+            )
+        return
+    table = Table(show_lines=True)
+    table.add_column("text", overflow="fold", max_width=60)
+    table.add_column("label", style="bold")
+    for label in validator.fmt.labels:
+        table.add_column(label, justify="right")
+    for text, r in zip(items, results, strict=True):
+        table.add_row(text, r.label, *(f"{r.probs[label]:.3f}" for label in validator.fmt.labels))
+    out.print(table)

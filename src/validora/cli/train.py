@@ -1,0 +1,153 @@
+"""`m alora train`: flags of the reference command plus what users need; the loop lives in training.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from validora.cli.display import RichProgress, console, handles_errors, metrics_tables, out
+from validora.training import TrainConfig
+
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+DATA = "Data"
+MODEL = "Model and adapter"
+OPT = "Optimisation"
+RUN = "Run"
+
+
+@handles_errors
+def train(
+    datafile: Annotated[
+        Path, typer.Argument(help='JSONL file, one {"item": ..., "label": ...} object per line.')
+    ],
+    basemodel: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face id, model directory or .gguf file. Default: the embedded smollm2-135m-instruct.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    outfile: Annotated[
+        Path,
+        typer.Option(help="Adapter directory to write (replaced only when complete).", rich_help_panel=RUN),
+    ] = Path(_D["outfile"]),
+    adapter: Annotated[
+        str,
+        typer.Option(help="alora (activated LoRA: shares the item's cache) or lora.", rich_help_panel=MODEL),
+    ] = _D["adapter"],
+    device: Annotated[
+        str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.", rich_help_panel=RUN)
+    ] = _D["device"],
+    epochs: Annotated[
+        int, typer.Option(help="Passes over the training split; the best epoch is kept.", rich_help_panel=OPT)
+    ] = _D["epochs"],
+    learning_rate: Annotated[
+        float,
+        typer.Option(
+            help="Peak AdamW learning rate (linear warm-up, then linear decay).", rich_help_panel=OPT
+        ),
+    ] = _D["learning_rate"],
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.", rich_help_panel=OPT)] = _D[
+        "batch_size"
+    ],
+    grad_accum: Annotated[int, typer.Option(help="Batches per optimiser step.", rich_help_panel=OPT)] = _D[
+        "grad_accum"
+    ],
+    max_length: Annotated[
+        int,
+        typer.Option(
+            help="Token limit per prompt; longer items lose their beginning, never the label.",
+            rich_help_panel=DATA,
+        ),
+    ] = _D["max_length"],
+    promptfile: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON file {"invocation_prompt": "..."}; default: a check_requirement turn of the chat template.',
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed for the split, shuffling and adapter initialisation.", rich_help_panel=RUN),
+    ] = _D["seed"],
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of each label held out for validation.", rich_help_panel=DATA)
+    ] = _D["val_fraction"],
+    rank: Annotated[int, typer.Option(help="LoRA rank r.", rich_help_panel=MODEL)] = _D["rank"],
+    alpha: Annotated[
+        int | None, typer.Option(help="LoRA alpha (default: equal to --rank).", rich_help_panel=MODEL)
+    ] = None,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.", rich_help_panel=MODEL)] = _D["dropout"],
+    early_stop: Annotated[
+        int,
+        typer.Option(help="Stop after this many epochs without improvement (0: never).", rich_help_panel=OPT),
+    ] = _D["early_stop"],
+    prefix_cache: Annotated[
+        bool,
+        typer.Option(
+            help="aLoRA: compute item prefixes once, without gradients (--no-prefix-cache: full forward).",
+            rich_help_panel=RUN,
+        ),
+    ] = _D["prefix_cache"],
+    cache_memory_gb: Annotated[
+        float, typer.Option(help="Keep prefix caches across epochs up to this many GiB.", rich_help_panel=RUN)
+    ] = _D["cache_memory_gb"],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing adapter at --outfile.", rich_help_panel=RUN)
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow the base model's own Python code to run.", rich_help_panel=MODEL)
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the training report as JSON on stdout.", rich_help_panel=RUN)
+    ] = False,
+) -> None:
+    """Train an aLoRA or LoRA validator adapter on labeled JSONL and evaluate it on a held-out split."""
+    values = {
+        "datafile": str(datafile), "basemodel": basemodel, "outfile": str(outfile), "adapter": adapter,
+        "device": device, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+        "grad_accum": grad_accum, "max_length": max_length, "promptfile": str(promptfile) if promptfile else None,
+        "seed": seed, "val_fraction": val_fraction, "rank": rank, "alpha": alpha, "dropout": dropout,
+        "early_stop": early_stop, "prefix_cache": prefix_cache, "cache_memory_gb": cache_memory_gb,
+        "overwrite": overwrite, "trust_remote_code": trust_remote_code,
+    }  # fmt: skip
+    config = TrainConfig(**values)
+    changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
+    console.print(
+        f"Training {config.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
+        highlight=False,
+    )
+
+    from validora.training import Trainer
+
+    with RichProgress() as progress:
+        trainer = Trainer(config, progress)
+        trainer.setup()
+        report = trainer.train()
+        target = trainer.save()
+    if json_out:
+        out.print_json(json.dumps(report.to_dict()))
+        return
+    for table in metrics_tables(
+        report.metrics, f"Held-out validation, epoch {report.best_epoch} of {len(report.epochs)}"
+    ):
+        console.print(table)
+    console.print(
+        f"{report.n_train} training examples, {report.examples_per_second:.1f} examples/s "
+        f"({report.train_seconds:.0f} s training, {report.cache_seconds:.0f} s caching prefixes; prefix cache {report.prefix_cache})."
+    )
+    if report.truncated_items:
+        console.print(
+            f"[yellow]{report.truncated_items} item(s) were longer than --max-length {max_length} and lost their beginning.[/]"
+        )
+    if report.at_chance:
+        console.print(
+            "[bold yellow]Warning:[/] held-out accuracy is no better than always answering the most frequent label. "
+            "The adapter has not learned; try a higher --learning-rate or more --epochs."
+        )
+    console.print(f"Adapter written to [bold]{target}[/]")

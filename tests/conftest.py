@@ -1,0 +1,81 @@
+"""Shared fixtures: the real embedded model (loaded once), small datasets, one trained adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+LABELS = ["piston_rings", "connecting_rod", "mini_carburetor", "no_failure"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def engine_rows(n_per_label: int) -> list[dict]:
+    rows = [json.loads(line) for line in (EXAMPLES / "engine_failures.jsonl").read_text().splitlines()]
+    out: list[dict] = []
+    for label in LABELS:
+        out += [r for r in rows if r["label"] == label][:n_per_label]
+    return out
+
+
+@pytest.fixture(scope="session")
+def loaded():
+    """The embedded SmolLM2 model, loaded once per test session (tests must not leave adapters on it)."""
+    from validora.models import load_base_model
+
+    return load_base_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fresh_model():
+    """A factory of independent copies of the embedded model, for tests that attach adapters."""
+    from validora.models import load_base_model
+
+    def make():
+        return load_base_model(None, device="cpu")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "small.jsonl", engine_rows(8))
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, small_data) -> Path:
+    """A real aLoRA adapter trained through the CLI for 2 epochs on 32 examples."""
+    from typer.testing import CliRunner
+
+    from validora.cli import app
+
+    out = tmp_path_factory.mktemp("adapters") / "engine"
+    result = CliRunner().invoke(
+        app,
+        [
+            "alora",
+            "train",
+            str(small_data),
+            "--outfile",
+            str(out),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from validora.adapters import AdapterInfo, prompt_format
+from validora.errors import ConfigError, DataError
+from validora.models import local_files, resolve_base_model
+from validora.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt, load_promptfile
+
+from .conftest import LABELS
+
+# The role-turn shape of the Granite 3.x chat template (system default omitted).
+GRANITE_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def fresh_tokenizer():
+    return AutoTokenizer.from_pretrained(local_files(resolve_base_model(None)))
+
+
+@pytest.fixture()
+def granite_tokenizer():
+    tok = fresh_tokenizer()
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]}
+    )
+    tok.eos_token = "<|end_of_text|>"
+    tok.chat_template = GRANITE_TEMPLATE
+    return tok
+
+
+def test_granite_template_gives_the_reference_invocation(granite_tokenizer):
+    assert derive_invocation_prompt(granite_tokenizer) == "<|start_of_role|>check_requirement<|end_of_role|>"
+    fmt = PromptFormat(granite_tokenizer, LABELS)
+    start, end = granite_tokenizer.convert_tokens_to_ids(["<|start_of_role|>", "<|end_of_role|>"])
+    assert fmt.invocation_ids[0] == start and fmt.invocation_ids[-1] == end
+    assert fmt.label_ids["no_failure"][-1] == granite_tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+
+
+def test_chatml_template_gives_a_check_requirement_turn():
+    tok = fresh_tokenizer()
+    tok.chat_template = CHATML_TEMPLATE
+    assert derive_invocation_prompt(tok) == "<|im_start|>check_requirement\n"
+
+
+def test_embedded_smollm2_uses_its_own_chatml_header(loaded):
+    # SmolLM2's template injects a default system turn; the header must still be just the role turn.
+    fmt = PromptFormat(loaded.tokenizer, LABELS)
+    assert fmt.invocation_prompt == "<|im_start|>check_requirement\n"
+    assert fmt.eos_id == loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert all(ids[-1] == fmt.eos_id for ids in fmt.label_ids.values())
+
+
+def test_no_template_falls_back_to_granite_string():
+    tok = fresh_tokenizer()
+    tok.chat_template = None
+    assert derive_invocation_prompt(tok) == GRANITE_INVOCATION
+
+
+def test_promptfile_wins_and_bad_ones_are_explained(tmp_path, loaded):
+    good = tmp_path / "p.json"
+    good.write_text(json.dumps({"invocation_prompt": "<|im_start|>judge\n"}))
+    assert load_promptfile(good) == "<|im_start|>judge\n"
+    fmt = PromptFormat(loaded.tokenizer, LABELS, load_promptfile(good))
+    assert loaded.tokenizer.decode(fmt.invocation_ids) == "<|im_start|>judge\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_promptfile(bad)
+    bad.write_text(json.dumps({"prompt": "x"}))
+    with pytest.raises(ConfigError, match='"invocation_prompt"'):
+        load_promptfile(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_promptfile(tmp_path / "missing.json")
+
+
+def test_long_items_lose_their_beginning_never_the_label(loaded):
+    fmt = PromptFormat(loaded.tokenizer, LABELS, max_length=64)
+    item = " ".join(f"word{i}" for i in range(200)) + " FINAL-SENTENCE"
+    enc = fmt.encode(item, "must be short")
+    assert enc.truncated > 0
+    full = fmt.full_ids(item, "connecting_rod", "must be short")
+    assert len(full) <= 64
+    text = loaded.tokenizer.decode(full)
+    assert text.endswith(
+        "\nRequirement: must be short\n<|im_start|>check_requirement\nconnecting_rod<|im_end|>"
+    )
+    assert "FINAL-SENTENCE" in text and "word0 " not in text
+    # The prefix does not depend on which label follows: the budget uses the longest label.
+    longest = max(fmt.label_ids, key=lambda k: len(fmt.label_ids[k]))
+    assert len(fmt.full_ids(item, longest, "must be short")) <= 64
+    with pytest.raises(DataError, match="no room"):
+        PromptFormat(loaded.tokenizer, LABELS, max_length=16).encode("x", "a very long requirement " * 5)
+
+
+def test_training_and_inference_build_identical_ids(trained_adapter, loaded):
+    """The format rebuilt from a saved adapter encodes exactly like the one used in training."""
+    info = AdapterInfo.read(trained_adapter)
+    at_inference = prompt_format(info, loaded.tokenizer)
+    at_training = PromptFormat(
+        loaded.tokenizer, info.labels, info.invocation_prompt, info.prompt["max_length"]
+    )
+    item = "Knocks under load at 3100 RPM, metal in the oil."
+    for label in info.labels:
+        assert at_inference.full_ids(item, label) == at_training.full_ids(item, label)
+    assert at_inference.invocation_ids == info.prompt["invocation_ids"]
+    assert (
+        loaded.tokenizer.decode(at_inference.full_ids(item, "no_failure"))
+        == f"{item}\nRequirement: \n<|im_start|>check_requirement\nno_failure<|im_end|>"
+    )

@@ -1,0 +1,201 @@
+"""Training: prefix-cached aLoRA equals the full forward; the run is reproducible; the output is safe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from validora.adapters import AdapterInfo
+from validora.cli import app
+from validora.training import TrainConfig, Trainer
+
+from .conftest import ROOT, engine_rows, write_jsonl
+
+runner = CliRunner()
+
+
+def make_trainer(fresh_model, data: Path, **overrides) -> Trainer:
+    config = TrainConfig(
+        datafile=str(data), outfile=str(data.parent / "never"), device="cpu", dropout=0.0, **overrides
+    )
+    trainer = Trainer(config, loaded=fresh_model())
+    trainer.setup()
+    return trainer
+
+
+def grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {
+        n: p.grad.clone()
+        for n, p in trainer.peft.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+
+
+def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, small_data):
+    trainer = make_trainer(fresh_model, small_data, rank=8)
+    # Give B non-zero values so gradients reach A as well.
+    torch.manual_seed(0)
+    for name, p in trainer.peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    keys = [0, 1, 2, 3, 4]
+    batch = [trainer.train_enc[k] for k in keys]
+    trainer.model.train()
+    assert trainer.uses_cache and trainer._keep_caches
+    cached, n_cached = trainer.loss_step(keys, batch)
+    cached.backward()
+    g_cached = grads(trainer)
+    trainer.optimizer.zero_grad()
+    trainer.uses_cache = False  # the plain full-sequence forward, adapter active from the invocation on
+    full, n_full = trainer.loss_step(keys, batch)
+    full.backward()
+    g_full = grads(trainer)
+    assert n_cached == n_full
+    assert torch.allclose(cached, full, atol=1e-5), (cached, full)
+    assert g_cached.keys() == g_full.keys() and len(g_full) == 2 * 3 * 30  # A and B of q, k, v in 30 layers
+    for name in g_full:
+        assert torch.allclose(g_cached[name], g_full[name], rtol=1e-3, atol=1e-6), name
+    assert max(g.abs().max() for g in g_full.values()) > 0
+
+
+def test_two_seeded_runs_give_the_same_losses_and_the_loss_falls(fresh_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(5))
+    losses = []
+    for _ in range(2):
+        trainer = make_trainer(fresh_model, data, epochs=2, seed=7)
+        report = trainer.train()
+        losses.append([e.train_loss for e in report.epochs])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0][1] < losses[0][0]
+
+
+def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: Path):
+    names = {p.name for p in trained_adapter.iterdir()}
+    assert names == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "validora.json",
+        "metrics.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "README.md",
+    }
+    info = AdapterInfo.read(trained_adapter)
+    assert info.adapter_type == "alora" and info.base_model == "smollm2-135m-instruct"
+    assert sorted(info.labels) == sorted({r["label"] for r in engine_rows(1)})
+    peft_config = json.loads((trained_adapter / "adapter_config.json").read_text())
+    assert peft_config["alora_invocation_tokens"] == info.prompt["invocation_ids"]
+    assert peft_config["r"] == 32 and sorted(peft_config["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
+    metrics = json.loads((trained_adapter / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["n_val"] == 8 and metrics["n_train"] == 24
+    assert {"val_loss", "val_accuracy", "val_macro_f1"} <= metrics["epochs"][0].keys()
+    assert len(metrics["metrics"]["confusion"]) == 4
+    card = (trained_adapter / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: smollm2-135m-instruct\n")
+    assert "confusion_matrix.png" in card and "memorise" in card
+    # Nothing but the adapter was created beside the data or the output.
+    assert sorted(p.name for p in trained_adapter.parent.iterdir()) == ["engine"]
+    assert sorted(p.name for p in small_data.parent.iterdir()) == ["small.jsonl"]
+
+
+def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):
+    from validora.validator import load_validator
+
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(4))
+    trainer = make_trainer(fresh_model, data, epochs=1)
+    trainer.train()
+    target = trainer.save(tmp_path / "adapter")
+    texts = ["rod knock", "blue smoke and oil burning", "new plug, runs fine"]
+    from validora.scoring import score_items
+
+    before = score_items(trainer.peft, trainer.fmt, texts)
+    after = load_validator(target, loaded=fresh_model()).predict(texts)
+    for a, b in zip(before, after, strict=True):
+        assert a.probs == pytest.approx(b.probs, abs=1e-5)
+
+
+def test_existing_output_is_kept_unless_overwrite(trained_adapter: Path, small_data: Path, tmp_path: Path):
+    before = (trained_adapter / "adapter_model.safetensors").read_bytes()
+    result = runner.invoke(
+        app, ["alora", "train", str(small_data), "--outfile", str(trained_adapter), "--epochs", "1"]
+    )
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert (trained_adapter / "adapter_model.safetensors").read_bytes() == before
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("do not delete")
+    result = runner.invoke(
+        app, ["alora", "train", str(small_data), "--outfile", str(precious), "--epochs", "1", "--overwrite"]
+    )
+    assert result.exit_code == 1 and "not a validora adapter" in result.output
+    assert (precious / "notes.txt").read_text() == "do not delete"
+
+
+def test_bad_data_exits_2_names_lines_and_writes_nothing(tmp_path: Path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"item": "a", "label": "x"}\n{"item": "b"}\nnot json\n')
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["alora", "train", str(data), "--outfile", str(out)])
+    assert result.exit_code == 2
+    assert f"{data}:2: missing field" in result.output and f"{data}:3: invalid JSON" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def test_failure_while_saving_leaves_the_earlier_adapter(fresh_model, tmp_path, monkeypatch):
+    from validora import reports
+
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
+    target = tmp_path / "adapter"
+    trainer = make_trainer(fresh_model, data, epochs=1, overwrite=True)
+    trainer.train()
+    trainer.save(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports, "model_card", explode)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "d.jsonl"]  # no staging left behind
+
+
+def test_interrupting_a_real_run_keeps_the_earlier_adapter(trained_adapter: Path, tmp_path: Path):
+    """Ctrl-C (SIGINT) during training: exit 130, the adapter at --outfile untouched."""
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(20))
+    target = tmp_path / "adapter"
+    import shutil
+
+    shutil.copytree(trained_adapter, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "validora.cli", "alora", "train", str(data), "--outfile", str(target), "--overwrite",
+         "--device", "cpu", "--epochs", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True,
+    )  # fmt: skip
+    output = ""
+    deadline = time.time() + 240
+    assert proc.stdout is not None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        output += line
+        if "Prefix caches" in line or not line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    output += rest
+    assert proc.returncode == 130, output
+    assert "Interrupted" in output
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "d.jsonl"]
