@@ -173,13 +173,14 @@ def pack(
     lead: Sequence[int] | None = None,
     adapter_start: int = 0,
 ) -> Packed:
-    """Lay out `stem + branch_1 + branch_2 + ...` per row; stems share one length.
+    """Lay out `stem + branch_1 + branch_2 + ...` per row (each branch minus its last token); stems share one length.
 
     `lead[r]` left-padding tokens at the start of row r's stem are hidden and not counted in positions.
     """
     n_stem = len(stems[0])
     lead = lead or [0] * len(stems)
-    widths = [n_stem + sum(len(b) for b in row) for row in branches]
+    # A branch's last token is only ever a target (nothing after it is scored), so it is not fed in.
+    widths = [n_stem + sum(len(b) - 1 for b in row) for row in branches]
     width = max(widths)
     rows = len(branches)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -196,14 +197,14 @@ def pack(
         start = n_stem
         row_targets = []
         for branch in row:
-            n = len(branch)
+            n = len(branch) - 1
             end = start + n
-            ids[r, start:end] = torch.tensor(list(branch), dtype=torch.long)
+            ids[r, start:end] = torch.tensor(list(branch[:-1]), dtype=torch.long)
             positions[r, start:end] = torch.arange(n_stem, n_stem + n) - skip
             allowed[r, start:end, skip:n_stem] = True
             allowed[r, start:end, start:end] = torch.ones((n, n), dtype=torch.bool).tril()
             # token j of the branch is predicted by the stem's last token (j=0) or the branch's token j-1
-            row_targets.append(([n_stem - 1, *range(start, end - 1)], list(branch)))
+            row_targets.append(([n_stem - 1, *range(start, end)], list(branch)))
             start = end
         pads = [*range(skip), *range(start, width)]
         allowed[r, pads, pads] = True  # padding attends to itself only, so no row of the mask is empty

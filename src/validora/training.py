@@ -41,7 +41,7 @@ class TrainConfig:
     adapter: str = "alora"
     device: str = "auto"
     epochs: int = 6
-    learning_rate: float = 5e-4
+    learning_rate: float = 2e-3
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 1024

@@ -19,8 +19,19 @@ alora.command("eval")(evaluate.evaluate)
 alora.command("predict")(predict.predict)
 
 
+def _quiet_libraries() -> None:
+    """Library deprecation chatter and per-file loading bars hide the progress that matters."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    _quiet_libraries()
     if version:
         from validora import __version__
 

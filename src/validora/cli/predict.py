@@ -61,10 +61,10 @@ def predict(
             )
         return
     table = Table(show_lines=True)
-    table.add_column("text", overflow="fold", max_width=60)
-    table.add_column("label", style="bold")
-    for label in validator.fmt.labels:
-        table.add_column(label, justify="right")
+    table.add_column("text", overflow="fold", ratio=3)
+    table.add_column("label", style="bold", no_wrap=True)
+    table.add_column("probabilities", no_wrap=True)
     for text, r in zip(items, results, strict=True):
-        table.add_row(text, r.label, *(f"{r.probs[label]:.3f}" for label in validator.fmt.labels))
+        ranked = sorted(r.probs.items(), key=lambda kv: -kv[1])
+        table.add_row(text, r.label, "\n".join(f"{p:.3f} {label}" for label, p in ranked))
     out.print(table)

@@ -1,0 +1,87 @@
+"""The CLI around a trained adapter: predict, eval, help, errors."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from validora.cli import app
+
+from .conftest import EXAMPLES, write_jsonl
+
+runner = CliRunner()
+
+
+def test_predict_prints_label_and_all_probabilities_as_jsonl(trained_adapter: Path):
+    result = runner.invoke(
+        app,
+        [
+            "alora",
+            "predict",
+            str(trained_adapter),
+            "rod knock at 3100 rpm",
+            "new air filter, runs fine",
+            "--jsonl",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["item"] for r in rows] == ["rod knock at 3100 rpm", "new air filter, runs fine"]
+    for r in rows:
+        assert set(r["probs"]) == {"piston_rings", "connecting_rod", "mini_carburetor", "no_failure"}
+        assert abs(sum(r["probs"].values()) - 1) < 1e-5
+        assert r["label"] == max(r["probs"], key=r["probs"].get)
+
+
+def test_predict_reads_files_and_explains_missing_input(trained_adapter: Path, tmp_path: Path):
+    texts = tmp_path / "notes.txt"
+    texts.write_text("blue smoke\n\nidle surges\n")
+    result = runner.invoke(app, ["alora", "predict", str(trained_adapter), "--file", str(texts)])
+    assert result.exit_code == 0, result.output
+    assert "blue" in result.stdout and "surges" in result.stdout and result.stdout.count(" no_failure") >= 2
+    result = runner.invoke(app, ["alora", "predict", str(trained_adapter)])
+    assert result.exit_code == 2 and "Nothing to classify" in result.output
+    result = runner.invoke(app, ["alora", "predict", str(tmp_path), "x"])
+    assert result.exit_code == 1 and "not a validora adapter" in result.output
+
+
+def test_eval_reports_metrics_json_and_plot(trained_adapter: Path, tmp_path: Path):
+    data = EXAMPLES / "engine_failures_test.jsonl"
+    plot = tmp_path / "cm.png"
+    result = runner.invoke(
+        app, ["alora", "eval", str(trained_adapter), str(data), "--json", "--plot", str(plot)]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 48 and 0 <= metrics["accuracy"] <= 1
+    assert sum(map(sum, metrics["confusion"])) == 48
+    assert set(metrics["per_label"]) == {"piston_rings", "connecting_rod", "mini_carburetor", "no_failure"}
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    again = runner.invoke(app, ["alora", "eval", str(trained_adapter), str(data), "--plot", str(plot)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_eval_rejects_labels_the_adapter_does_not_know(trained_adapter: Path, tmp_path: Path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"item": "x", "label": "gearbox"}])
+    result = runner.invoke(app, ["alora", "eval", str(trained_adapter), str(data)])
+    assert result.exit_code == 2 and "gearbox" in result.output
+
+
+def test_help_lists_every_reference_flag():
+    result = runner.invoke(app, ["alora", "train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--basemodel", "--outfile", "--adapter", "--device", "--epochs", "--learning-rate", "--batch-size",
+                 "--max-length", "--grad-accum", "--promptfile", "--seed", "--val-fraction", "--rank", "--early-stop"):  # fmt: skip
+        assert flag in result.stdout, flag
+
+
+def test_bad_flag_values_are_clear_errors(small_data: Path, tmp_path: Path):
+    result = runner.invoke(
+        app, ["alora", "train", str(small_data), "--adapter", "qlora", "--outfile", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "--adapter must be one of alora, lora" in result.output
+    result = runner.invoke(
+        app, ["alora", "train", str(small_data), "--val-fraction", "1.5", "--outfile", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "--val-fraction" in result.output
+    assert not (tmp_path / "o").exists()
