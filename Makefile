@@ -28,6 +28,7 @@ demo: $(STAMP)
 		"Heavy knocking under load, worse at high RPM, metal flakes in the oil." \
 		"Serviced: new air filter and plug, ran smooth for 20 minutes on the stand." \
 		"Idle surges up and down, fuel weeping from the bowl gasket."
+	$(BIN)/python examples/triage.py checkpoints/engine_alora
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -98,7 +98,7 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
     assert {"val_loss", "val_accuracy", "val_macro_f1"} <= metrics["epochs"][0].keys()
     assert len(metrics["metrics"]["confusion"]) == 4
     card = (trained_adapter / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: peft\nbase_model: smollm2-135m-instruct\n")
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n")
     assert "confusion_matrix.png" in card and "memorise" in card
     # Nothing but the adapter was created beside the data or the output.
     assert sorted(p.name for p in trained_adapter.parent.iterdir()) == ["engine"]

@@ -22,6 +22,17 @@ _EXPORTS = {
     "TrainReport": "validora.training",
     "train": "validora.training",
     "Validator": "validora.validator",
+    "LocalHFBackend": "validora.backends.huggingface",
+    "CustomIntrinsicAdapter": "validora.adapters",
+    "ChatContext": "validora.context",
+    "Session": "validora.session",
+    "req": "validora.requirements",
+    "Requirement": "validora.requirements",
+    "ValidationResult": "validora.requirements",
+    "RejectionSamplingStrategy": "validora.sampling",
+    "MultiTurnStrategy": "validora.sampling",
+    "SamplingResult": "validora.sampling",
+    "ModelOutput": "validora.sampling",
     "load_validator": "validora.validator",
 }
 

@@ -123,13 +123,22 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
     target = Path(target)
     check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = private_tempdir(target, "partial")
     try:
         yield staging
         _swap_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def private_tempdir(target: Path, kind: str) -> Path:
+    """A sibling temporary directory with the permissions a plain mkdir would give (mkdtemp uses 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
@@ -149,3 +158,43 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def base_key(name: str) -> str:
+    """Comparable form of a base-model name: last path component, lower case."""
+    return Path(name.rstrip("/")).name.lower()
+
+
+class CustomIntrinsicAdapter:
+    """A trained validora adapter, from a local directory or a hub id, ready to add to a backend."""
+
+    def __init__(self, model_id: str, base_model_name: str | None = None, intrinsic_name: str | None = None):
+        self.model_id = model_id
+        local = Path(model_id).expanduser()
+        if local.is_dir():
+            self.path = local
+        elif model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
+            raise AdapterError(f"Adapter directory not found: {model_id}")
+        else:
+            from validora.hub import download_adapter
+
+            self.path = download_adapter(model_id)
+        self.info = AdapterInfo.read(self.path)
+        self.name = intrinsic_name or base_key(model_id)
+        self.base_model_name = base_model_name or self.info.base_model
+        if base_key(self.base_model_name) != base_key(self.info.base_model):
+            raise AdapterError(
+                f"Adapter {model_id!r} was trained on base model {self.info.base_model!r}, "
+                f"not {self.base_model_name!r}."
+            )
+
+    @property
+    def is_alora(self) -> bool:
+        return self.info.is_alora
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info.labels)
+
+    def __repr__(self) -> str:
+        return f"CustomIntrinsicAdapter({self.name!r}, {self.info.adapter_type}, labels={self.labels})"

@@ -78,9 +78,7 @@ def embedded_gguf_path() -> Path:
 
 def resolve_base_model(name: str | None) -> BaseModelSpec:
     """Decide what kind of model `name` names, without loading anything."""
-    if name is None or name.lower() in (EMBEDDED_ALIAS, EMBEDDED_HUB_ID.lower()):
-        if name is not None and name.lower() == EMBEDDED_HUB_ID.lower() and _hub_cached(EMBEDDED_HUB_ID):
-            return BaseModelSpec(EMBEDDED_HUB_ID, "hub", EMBEDDED_HUB_ID)
+    if name is None or name.lower() == EMBEDDED_ALIAS:
         return BaseModelSpec(EMBEDDED_ALIAS, "embedded", str(embedded_gguf_path()))
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
@@ -96,15 +94,6 @@ def resolve_base_model(name: str | None) -> BaseModelSpec:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"No model directory or file at {name}.")
     return BaseModelSpec(name, "hub", name)
-
-
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:
-        return False
 
 
 def _converted_gguf_dir(gguf: Path) -> Path:
@@ -125,6 +114,7 @@ def _converted_gguf_dir(gguf: Path) -> Path:
     model.config._name_or_path = gguf.stem
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -146,3 +146,45 @@ class PromptFormat:
                 "This tokenizer encodes the adapter's invocation prompt or labels differently from the "
                 "tokenizer it was trained with; use the adapter's own base model."
             )
+
+
+JUDGE_QUESTION = (
+    "Text:\n{item}\n\nRequirement: {requirement}\n\nDoes the text satisfy the requirement? Answer yes or no."
+)
+
+
+class JudgeFormat:
+    """The base model as a yes/no judge: the same interface as PromptFormat, labels "yes" and "no".
+
+    The text comes first in the question so that several requirements on one output share its prefix.
+    """
+
+    labels = ("yes", "no")
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        probe = [{"role": "user", "content": "x"}]
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        if self.chat:
+            plain = tokenizer.apply_chat_template(probe, tokenize=False)
+            asking = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+            self.invocation_prompt = asking[len(plain) :] if asking.startswith(plain) else "\nAnswer:"
+        else:
+            self.invocation_prompt = "\nAnswer:"
+        self.invocation_ids = list(tokenizer(self.invocation_prompt, add_special_tokens=False)["input_ids"])
+        space = "" if self.chat else " "
+        self.label_ids = {
+            label: list(tokenizer(space + word, add_special_tokens=False)["input_ids"])
+            for label, word in zip(self.labels, ("Yes", "No"), strict=True)
+        }
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
+
+    def encode(self, item: str, requirement: str | None = None) -> Encoded:
+        question = JUDGE_QUESTION.format(item=item, requirement=requirement or "")
+        if self.chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(question)["input_ids"]
+        return Encoded(prefix=list(ids), truncated=0)

@@ -81,6 +81,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def hub_base_model(name: str) -> str:
+    """The hub id for the card's front matter: the alias's hub id; never a local path."""
+    from validora.models import EMBEDDED_ALIAS, EMBEDDED_HUB_ID
+
+    if name == EMBEDDED_ALIAS:
+        return EMBEDDED_HUB_ID
+    return Path(name).name if name.startswith("/") else name
+
+
 def model_card(info: AdapterInfo, metrics: dict[str, Any]) -> str:
     """A README.md built from validora.json and metrics.json alone (no LLM involved)."""
     kind = "activated LoRA (aLoRA)" if info.is_alora else "LoRA"
@@ -107,7 +116,7 @@ def model_card(info: AdapterInfo, metrics: dict[str, Any]) -> str:
     front = [
         "---",
         "library_name: peft",
-        f"base_model: {info.base_model}",
+        f"base_model: {hub_base_model(info.base_model)}",
         "tags:",
         "- validora",
         f"- {info.adapter_type}",

@@ -44,11 +44,17 @@ class Prefix:
             self.cache.crop(-extra)
 
 
+def unwrap(model: Any) -> Any:
+    """The model inside a DistributedDataParallel wrapper (accelerate), else the model itself."""
+    return getattr(model, "module", model)
+
+
 def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
 def is_alora(model: Any) -> bool:
+    model = unwrap(model)
     if not is_peft(model):
         return False
     config = model.peft_config.get(model.active_adapter)
@@ -62,6 +68,7 @@ def _cache_kwarg(model_type: type) -> str:
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    model = unwrap(model)
     base = model.get_base_model() if is_peft(model) else model
     return {_cache_kwarg(type(base)): cache, "use_cache": True}
 
@@ -69,6 +76,7 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 @contextmanager
 def base_model_only(model: Any) -> Iterator[None]:
     """Run the plain base model, whatever adapter is active."""
+    model = unwrap(model)
     with model.disable_adapter() if is_peft(model) else nullcontext():
         yield
 
@@ -158,6 +166,9 @@ class Packed:
     # per row, per branch: (positions whose logits predict the branch tokens, the branch token ids)
     targets: list[list[tuple[list[int], list[int]]]]
     adapter_start: int = 0  # aLoRA weights apply from this column on
+    # [B, S, C] which cached columns each token sees; None: the prefix's real tokens, and positions
+    # are relative to each row's prefix end. When given, positions are absolute.
+    cache_mask: torch.Tensor | None = None
 
     @functools.cached_property
     def kept(self) -> list[int]:
@@ -242,13 +253,13 @@ def suffix_forward(model: Any, prefix: Prefix, packed: Packed) -> torch.Tensor:
     """
     device = prefix.mask.device
     rows, width = packed.ids.shape
-    allowed = torch.cat(
-        [
-            prefix.mask.bool()[:, None, :].expand(rows, width, prefix.width),
-            packed.suffix_mask.to(device),
-        ],
-        dim=-1,
-    )
+    if packed.cache_mask is None:
+        seen = prefix.mask.bool()[:, None, :].expand(rows, width, prefix.width)
+        positions = packed.positions.to(device) + prefix.lengths[:, None]
+    else:
+        seen = packed.cache_mask.to(device)
+        positions = packed.positions.to(device)
+    allowed = torch.cat([seen, packed.suffix_mask.to(device)], dim=-1)
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
@@ -260,8 +271,8 @@ def suffix_forward(model: Any, prefix: Prefix, packed: Packed) -> torch.Tensor:
     out = model(
         input_ids=packed.ids.to(device),
         attention_mask=mask[:, None],
-        position_ids=packed.positions.to(device) + prefix.lengths[:, None],
-        logits_to_keep=torch.tensor(packed.kept, device=device),
+        position_ids=positions,
+        logits_to_keep=torch.tensor(packed.kept, device=device) if packed.kept else 1,
         **cache_kwargs(model, prefix.cache),
         **kwargs,
     )

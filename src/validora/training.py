@@ -9,6 +9,7 @@ LoRA: ordinary full-sequence training, loss on label tokens only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -108,9 +109,9 @@ class TrainReport:
     n_train: int
     n_val: int
     truncated_items: int
-    train_seconds: float  # optimisation + evaluation, excluding model load
+    train_seconds: float  # optimisation + evaluation, excluding model load and prefix caching
     cache_seconds: float
-    examples_per_second: float
+    examples_per_second: float  # training examples x epochs / (train + cache seconds)
     prefix_cache: str  # "kept across epochs" | "per batch" | "off"
     outfile: str | None = None
 
@@ -299,7 +300,9 @@ class Trainer:
         cfg = self.config
         acc = self.accelerator
         n_batches = math.ceil(len(self.train_enc) / cfg.batch_size)
-        mine = list(range(acc.process_index, n_batches, acc.num_processes))
+        # Every process takes the same number of batches (wrapping around), or DDP's all-reduce would hang.
+        per_process = math.ceil(n_batches / acc.num_processes)
+        mine = [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
         total_updates = cfg.epochs * math.ceil(len(mine) / cfg.grad_accum)
         records: list[EpochRecord] = []
         best: tuple[float, float] | None = None
@@ -318,11 +321,15 @@ class Trainer:
             batches = [order[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in mine]
             loss_sum, token_sum = 0.0, 0
             for i, keys in enumerate(batches):
-                loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
-                acc.backward(loss / cfg.grad_accum)
+                group_start = i - i % cfg.grad_accum
+                group_size = min(cfg.grad_accum, len(batches) - group_start)  # the last group may be short
+                steps = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
+                with contextlib.nullcontext() if steps else acc.no_sync(self.model):
+                    loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
+                    acc.backward(loss / group_size)
                 loss_sum += float(loss.detach()) * n_tokens
                 token_sum += n_tokens
-                if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                if steps:
                     for group in self.optimizer.param_groups:
                         group["lr"] = cfg.learning_rate * self._lr_factor(update, total_updates)
                     self.optimizer.step()
@@ -365,7 +372,7 @@ class Trainer:
             truncated_items=len(self._truncated),
             train_seconds=seconds,
             cache_seconds=self.cache_seconds,
-            examples_per_second=len(self.train_enc) * len(records) / seconds,
+            examples_per_second=len(self.train_enc) * len(records) / (seconds + self.cache_seconds),
             prefix_cache="kept across epochs"
             if self._keep_caches
             else ("per batch" if self.uses_cache else "off"),

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,8 +35,11 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ValidoraError as exc:
-            console.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # unwritable directories, full disks: a message, not a traceback
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Nothing was written.")
             raise typer.Exit(130) from None
@@ -67,8 +71,6 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, visible=True)
         self._task = self._progress.add_task(description, total=total)
 
     def advance(self, n: int = 1) -> None:
@@ -85,15 +87,27 @@ def metrics_tables(metrics: Any, title: str) -> list[Table]:
     summary.add_row("accuracy", f"{metrics.accuracy:.3f}")
     summary.add_row("macro-F1", f"{metrics.macro_f1:.3f}")
     summary.add_row("majority-label accuracy", f"{metrics.chance_accuracy:.3f}")
-    per_label = Table(title="Per label")
+    per_label = Table(title="Per label")  # labels are user text: no markup
     for col in ("label", "precision", "recall", "F1", "support"):
         per_label.add_column(col, justify="left" if col == "label" else "right")
     for label, s in metrics.per_label.items():
-        per_label.add_row(label, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", str(s.support))
+        per_label.add_row(
+            escape(label), f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", str(s.support)
+        )
     confusion = Table(title="Confusion matrix (rows: true, columns: predicted)")
     confusion.add_column("")
     for label in metrics.labels:
-        confusion.add_column(label, justify="right")
+        confusion.add_column(escape(label), justify="right")
     for label, row in zip(metrics.labels, metrics.confusion, strict=True):
-        confusion.add_row(label, *(str(v) for v in row))
+        confusion.add_row(escape(label), *(str(v) for v in row))
     return [summary, per_label, confusion]
+
+
+def sigterm_as_interrupt() -> None:
+    """`kill` gets the same clean exit as Ctrl-C: the earlier adapter stays, the staging directory goes."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

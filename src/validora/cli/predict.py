@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from validora.cli.display import handles_errors, out
@@ -66,5 +67,7 @@ def predict(
     table.add_column("probabilities", no_wrap=True)
     for text, r in zip(items, results, strict=True):
         ranked = sorted(r.probs.items(), key=lambda kv: -kv[1])
-        table.add_row(text, r.label, "\n".join(f"{p:.3f} {label}" for label, p in ranked))
+        table.add_row(
+            escape(text), escape(r.label), escape("\n".join(f"{p:.3f} {label}" for label, p in ranked))
+        )
     out.print(table)

@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from validora.cli.display import RichProgress, console, handles_errors, metrics_tables, out
+from validora.cli.display import (
+    RichProgress,
+    console,
+    handles_errors,
+    metrics_tables,
+    out,
+    sigterm_as_interrupt,
+)
 from validora.training import TrainConfig
 
 _D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -125,6 +132,7 @@ def train(
 
     from validora.training import Trainer
 
+    sigterm_as_interrupt()
     with RichProgress() as progress:
         trainer = Trainer(config, progress)
         trainer.setup()

@@ -1,0 +1,141 @@
+"""LocalHFBackend: a local transformers model, its adapters, generation and shared-prefix checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from validora.adapters import CustomIntrinsicAdapter, attach, base_key, prompt_format
+from validora.checks import Check, CheckResult, score_checks
+from validora.errors import AdapterError, ConfigError
+from validora.models import load_base_model
+from validora.prompting import JudgeFormat, PromptFormat
+from validora.scoring import base_model_only
+
+GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "top_p", "seed"})
+DEFAULT_OPTIONS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None}
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    seconds: float
+    new_tokens: int
+
+
+def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Unknown option names are typos: refuse them rather than silently ignore them."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - GENERATION_OPTIONS)
+    if unknown:
+        raise ConfigError(f"Unknown model option(s) {unknown}; known: {sorted(GENERATION_OPTIONS)}.")
+    return options
+
+
+class LocalHFBackend:
+    """A local model plus validora adapters. One lock serialises model use across threads."""
+
+    def __init__(
+        self,
+        model_id: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = None,
+        model_options: dict[str, Any] | None = None,
+        *,
+        trust_remote_code: bool = False,
+    ):
+        self._loaded = load_base_model(
+            model_id, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        self.model_id = self._loaded.spec.name
+        self.tokenizer = self._loaded.tokenizer
+        self.model_options = {**DEFAULT_OPTIONS, **check_options(model_options)}
+        self.default_to_constraint_checking_alora = True
+        self._model: Any = self._loaded.model
+        self._adapters: dict[str, CustomIntrinsicAdapter] = {}
+        self._formats: dict[str, PromptFormat] = {}
+        self._judge = JudgeFormat(self.tokenizer)
+        self._lock = threading.RLock()
+
+    # ----- adapters ----------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> dict[str, CustomIntrinsicAdapter]:
+        return dict(self._adapters)
+
+    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
+        if base_key(adapter.info.base_model) != base_key(self.model_id):
+            raise AdapterError(
+                f"Adapter {adapter.name!r} was trained on {adapter.info.base_model!r} but this backend runs "
+                f"{self.model_id!r}."
+            )
+        with self._lock:
+            if adapter.name in self._adapters:
+                raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
+            fmt = prompt_format(adapter.info, self.tokenizer)
+            self._model = attach(self._model, adapter.path, adapter.name)
+            self._model.eval()
+            self._adapters[adapter.name] = adapter
+            self._formats[adapter.name] = fmt
+
+    def remove_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise AdapterError(f"No adapter named {name!r}; added: {sorted(self._adapters)}.")
+            self._model.delete_adapter(name)
+            del self._adapters[name], self._formats[name]
+
+    # ----- generation --------------------------------------------------------------------------------
+    def generate(
+        self, messages: Sequence[dict[str, str]], model_options: dict[str, Any] | None = None
+    ) -> Generation:
+        """Chat-template generation by the plain base model (greedy unless temperature > 0)."""
+        opts = {**self.model_options, **check_options(model_options)}
+        sample = float(opts["temperature"] or 0) > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": int(opts["max_new_tokens"]), "do_sample": sample}
+        if sample:
+            kwargs.update(temperature=float(opts["temperature"]), top_p=float(opts["top_p"]))
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        # The tokenizer is shared mutable state too (fast tokenizers are not thread-safe): lock it with the model.
+        with self._lock, torch.no_grad(), base_model_only(self._model):
+            ids = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            started = time.perf_counter()
+            if opts["seed"] is not None:
+                torch.manual_seed(int(opts["seed"]))
+            device = self._loaded.device
+            out = self._model.generate(
+                **{k: v.to(device) for k, v in ids.items()},
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
+            )
+            seconds = time.perf_counter() - started
+            new = out[0, ids["input_ids"].shape[1] :]
+            text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return Generation(text, seconds, int(new.numel()))
+
+    # ----- checks ------------------------------------------------------------------------------------
+    def check(self, output: str, checks: Sequence[tuple[str | None, str | None]]) -> list[CheckResult]:
+        """Score (adapter name, requirement) checks of one output; None as adapter is the yes/no judge.
+
+        All aLoRA checks and all judge checks share the output's prefix computation.
+        """
+        built = []
+        for adapter, requirement in checks:
+            if adapter is not None and adapter not in self._formats:
+                raise AdapterError(f"No adapter named {adapter!r}; added: {sorted(self._adapters)}.")
+            fmt = self._formats[adapter] if adapter is not None else self._judge
+            built.append(Check(adapter, fmt, requirement))
+        alora: dict[str | None, bool] = {None: True}
+        alora.update({name: a.is_alora for name, a in self._adapters.items()})
+        with self._lock:
+            return score_checks(self._model, output, built, alora=alora)
+
+    def labels(self, adapter: str) -> list[str]:
+        return list(self._formats[adapter].labels)
