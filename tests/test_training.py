@@ -63,6 +63,16 @@ def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, sm
     for name in g_full:
         assert torch.allclose(g_cached[name], g_full[name], rtol=1e-3, atol=1e-6), name
     assert max(g.abs().max() for g in g_full.values()) > 0
+    # And both equal PEFT's own computation: the whole prompt in, aLoRA offsets found by PEFT itself.
+    nll, count = 0.0, 0
+    for e in batch:
+        ids = [*e.prefix, *trainer.fmt.invocation_ids, *trainer.fmt.label_ids[e.label]]
+        n = len(trainer.fmt.label_ids[e.label])
+        with torch.no_grad():
+            logp = trainer.peft(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
+        count += n
+    assert nll / count == pytest.approx(float(cached), abs=1e-4)
 
 
 def test_two_seeded_runs_give_the_same_losses_and_the_loss_falls(fresh_model, tmp_path):

@@ -28,6 +28,15 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
+    def show(message: Warning | str, *args: object, **kwargs: object) -> None:
+        from rich.markup import escape
+
+        from validora.cli.display import console
+
+        console.print(f"[yellow]Warning:[/] {escape(str(message))}", highlight=False)
+
+    warnings.showwarning = show
+
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
