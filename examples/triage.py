@@ -5,11 +5,16 @@ Run `make demo` first (it trains checkpoints/engine_alora), then:  .venv/bin/pyt
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no per-file loading bars in the output
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req  # noqa: E402
 
 ADAPTER = Path(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/engine_alora")
 
