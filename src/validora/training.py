@@ -150,6 +150,7 @@ class SilentProgress:
 class _Encoded:
     prefix: list[int]
     label: str
+    truncated: int = 0  # item tokens cut from the left to fit --max-length
 
 
 class Trainer:
@@ -205,7 +206,7 @@ class Trainer:
 
         self.train_enc = self._encode(self.train_examples)
         self.val_enc = self._encode(self.val_examples)
-        self.truncated = sum(self._truncated.values())
+        self.truncated_items = sum(e.truncated > 0 for e in (*self.train_enc, *self.val_enc))
         self.uses_cache = cfg.adapter == "alora" and cfg.prefix_cache
         self.cache_seconds = 0.0
         self._keep_caches = self.uses_cache and self._caches_fit()
@@ -215,14 +216,10 @@ class Trainer:
             self.cache_seconds = time.perf_counter() - started
 
     def _encode(self, examples: Sequence[Example]) -> list[_Encoded]:
-        if not hasattr(self, "_truncated"):
-            self._truncated: dict[int, int] = {}
         out = []
         for e in examples:
             enc = self.fmt.encode(e.item, e.requirement)
-            if enc.truncated:
-                self._truncated[id(e)] = enc.truncated
-            out.append(_Encoded(enc.prefix, e.label))
+            out.append(_Encoded(enc.prefix, e.label, enc.truncated))
         return out
 
     def _caches_fit(self) -> bool:
@@ -369,7 +366,7 @@ class Trainer:
             metrics=best_metrics,
             n_train=len(self.train_enc),
             n_val=len(self.val_enc),
-            truncated_items=len(self._truncated),
+            truncated_items=self.truncated_items,
             train_seconds=seconds,
             cache_seconds=self.cache_seconds,
             examples_per_second=len(self.train_enc) * len(records) / (seconds + self.cache_seconds),
