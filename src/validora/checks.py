@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from validora.prompting import Encoded
 from validora.scoring import (
     LabelScores,
     Packed,
@@ -123,29 +122,30 @@ def score_checks(
     `alora[name]` says whether adapter `name` is an aLoRA adapter (True for the base model).
     """
     results: list[CheckResult | None] = [None] * len(checks)
+    prefixes = [c.fmt.encode(item, c.requirement).prefix for c in checks]  # each prompt encoded once
     shared = [i for i, c in enumerate(checks) if alora.get(c.adapter, False)]
     for i, check in enumerate(checks):
         if i not in shared:
             started = time.perf_counter()
             with _activate(model, check.adapter):
-                ll = full_loglik(model, check.fmt, [check.fmt.encode(item, check.requirement).prefix])
+                ll = full_loglik(model, check.fmt, [prefixes[i]])
             results[i] = CheckResult(_scores(check.fmt, ll[0]), time.perf_counter() - started)
     # Checks whose prompts start alike share one cache (adapter prompts start with the output,
     # judge prompts with the chat template); the common part is computed once per group.
     groups: dict[int, list[int]] = {}
     for i in shared:
-        first = checks[i].fmt.encode(item, checks[i].requirement).prefix[0]
-        groups.setdefault(first, []).append(i)
+        groups.setdefault(prefixes[i][0], []).append(i)
     for members in groups.values():
-        for k, r in _shared_pass(model, item, [checks[i] for i in members]).items():
+        passed = _shared_pass(model, [checks[i] for i in members], [prefixes[i] for i in members])
+        for k, r in passed.items():
             results[members[k]] = r
     return [r for r in results if r is not None]
 
 
-def _shared_pass(model: Any, item: str, checks: Sequence[Check]) -> dict[int, CheckResult]:
+def _shared_pass(
+    model: Any, checks: Sequence[Check], prefixes: Sequence[list[int]]
+) -> dict[int, CheckResult]:
     started = time.perf_counter()
-    encoded: list[Encoded] = [c.fmt.encode(item, c.requirement) for c in checks]
-    prefixes = [e.prefix for e in encoded]
     n_common = _common_length(prefixes)  # at least 1: the caller groups by first token
     pad_id = checks[0].fmt.pad_id
     prefix = prefill(model, [prefixes[0][:n_common]], pad_id)
