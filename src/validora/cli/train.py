@@ -115,14 +115,9 @@ def train(
     ] = False,
 ) -> None:
     """Train an aLoRA or LoRA validator adapter on labeled JSONL and evaluate it on a held-out split."""
-    values = {
-        "datafile": str(datafile), "basemodel": basemodel, "outfile": str(outfile), "adapter": adapter,
-        "device": device, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-        "grad_accum": grad_accum, "max_length": max_length, "promptfile": str(promptfile) if promptfile else None,
-        "seed": seed, "val_fraction": val_fraction, "rank": rank, "alpha": alpha, "dropout": dropout,
-        "early_stop": early_stop, "prefix_cache": prefix_cache, "cache_memory_gb": cache_memory_gb,
-        "overwrite": overwrite, "trust_remote_code": trust_remote_code,
-    }  # fmt: skip
+    # Every parameter but --json is a TrainConfig field of the same name; paths travel as strings.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k in fields}
     config = TrainConfig(**values)
     changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
     console.print(
