@@ -125,6 +125,22 @@ def test_shared_prefix_checks_equal_separate_checks(backend, trained_adapter):
     assert list(backend.adapters) == ["engine"]
 
 
+def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backend):
+    """One adapter: the output leads a single packed row; a long output is cut once for all checks."""
+    requirements = [SEED_REQ, "Must be 'connecting_rod'.", None, "Must be 'piston_rings'."]
+    for output in ("Rod knock at 3100 RPM.", "Oil burning, blue smoke, low compression. " * 200):
+        shared = backend.check(output, [("engine", r) for r in requirements])
+        backend._model.set_adapter("engine")
+        fmt = backend._formats["engine"]
+        room = min(fmt.room(r) for r in requirements)
+        for requirement, got in zip(requirements, shared, strict=True):
+            prefix = [fmt.encode(output, requirement, room=room).prefix]
+            alone = torch.softmax(full_loglik(backend._model, fmt, prefix)[0], -1)
+            assert [got.scores.probs[label] for label in fmt.labels] == pytest.approx(
+                alone.tolist(), abs=1e-4
+            )
+
+
 def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
     from peft import LoraConfig, get_peft_model
 

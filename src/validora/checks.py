@@ -1,11 +1,14 @@
-"""Many checks of one output: its prefix once, each requirement line once, each adapter's suffixes in one row.
+"""Many checks of one output in as few forwards as possible, sharing everything that can be shared.
 
 Every check's prompt is `output + requirement line + invocation + label`. The tokens all checks share
-(the output) are run once through the base model; the requirement lines that follow are appended to
-that cache in one more base-model pass, each seeing only the output and itself; then each aLoRA
-adapter scores all of its checks in a single packed row over that cache, each check seeing the
-output, its own requirement line and its own tokens. LoRA adapters change the prefix itself, so
-their checks take the full path.
+(the output and the start of the requirement line) are computed once by the base model. A packed row
+then holds the rest of each requirement line (base model) followed by each check's invocation and
+labels (where the row's aLoRA adapter is active); each token sees the shared part, its own
+requirement line and its own earlier tokens only. With one adapter the shared part leads that same
+row, so everything is one forward; with several, the shared part is prefilled once and a second
+forward holds one row per adapter over views of its cache (PEFT's mixed-adapter batches). On a CPU a
+forward over a few dozen tokens costs mostly reading the weights, so the number of forwards matters
+as much as the number of tokens. LoRA adapters change the shared part itself: they take the full path.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import torch
 from validora.scoring import (
     LabelScores,
     Packed,
-    Prefix,
     base_model_only,
     branch_logprobs,
+    empty_prefix,
+    expand_prefix,
     full_loglik,
+    is_alora,
     prefill,
     suffix_forward,
 )
@@ -35,52 +40,100 @@ class Check:
     """One requirement judged by one adapter (None: the base model, e.g. a yes/no judge format)."""
 
     adapter: str | None
-    fmt: Any  # PromptFormat or anything with labels, label_ids, invocation_ids, pad_id, encode()
+    fmt: Any  # PromptFormat or anything with labels, label_ids, invocation_ids, pad_id, room(), encode()
     requirement: str | None
 
 
 @dataclass(frozen=True)
 class CheckResult:
     scores: LabelScores
-    seconds: float  # this check's share of the adapter pass, plus its own full path for LoRA
+    seconds: float  # this check's share of its shared pass, or its own full path for LoRA
 
 
 @dataclass(frozen=True)
 class Segment:
-    visible: Sequence[int]  # cache columns this segment sees
+    """One check in a packed row: its own base-model tokens, then its invocation and labels.
+
+    Every segment sees the whole shared context (the cache, or the row's lead) and its own tokens.
+    """
+
     start: int  # position id of its first token
-    stem: Sequence[int]
+    prelude: Sequence[int]  # base-model tokens (the rest of its requirement line), in the row's front part
+    stem: Sequence[int]  # the invocation, where an aLoRA adapter starts
     branches: Sequence[Sequence[int]]  # each fed without its last token, which is only a target
 
 
-def pack_segments(segments: Sequence[Segment], cache_width: int, pad_id: int) -> Packed:
-    """One row of independent segments over a shared cache, as a `Packed` with absolute positions."""
-    width = sum(len(s.stem) + sum(len(b) - 1 for b in s.branches) for s in segments)
-    ids = torch.full((1, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((1, width), dtype=torch.long)
-    own = torch.zeros((1, width, width), dtype=torch.bool)
-    seen = torch.zeros((1, width, cache_width), dtype=torch.bool)
-    targets: list[tuple[list[int], list[int]]] = []
-    col = 0
-    for seg in segments:
-        n_stem = len(seg.stem)
-        stem_cols = slice(col, col + n_stem)
-        ids[0, stem_cols] = torch.tensor(list(seg.stem), dtype=torch.long)
-        positions[0, stem_cols] = torch.arange(seg.start, seg.start + n_stem)
-        own[0, stem_cols, stem_cols] = torch.ones((n_stem, n_stem), dtype=torch.bool).tril()
-        seg_start = col
-        col += n_stem
-        for branch in seg.branches:
-            n = len(branch) - 1
-            cols = slice(col, col + n)
-            ids[0, cols] = torch.tensor(list(branch[:-1]), dtype=torch.long)
-            positions[0, cols] = torch.arange(seg.start + n_stem, seg.start + n_stem + n)
-            own[0, cols, stem_cols] = True
-            own[0, cols, cols] = torch.ones((n, n), dtype=torch.bool).tril()
-            targets.append(([seg_start + n_stem - 1, *range(col, col + n)], list(branch)))
-            col += n
-        seen[0, seg_start:col, list(seg.visible)] = True
-    return Packed(ids=ids, positions=positions, suffix_mask=own, targets=[targets], cache_mask=seen)
+def pack_segments(
+    rows: Sequence[Sequence[Segment]],
+    adapters: Sequence[str | None],
+    pad_id: int,
+    *,
+    cache_width: int = 0,
+    lead: Sequence[int] = (),
+) -> Packed:
+    """Rows of independent segments over one shared context, one adapter per row, for a single forward.
+
+    The shared context is either `cache_width` cached columns or, for a single row, the `lead` tokens
+    placed at the row's start. A row then holds every prelude (identical ones once) and then every
+    stem and its branches, so that an aLoRA adapter is active exactly on the row's tail.
+    """
+    if lead and len(rows) != 1:
+        raise ValueError("Only a single row can carry the shared context as its lead.")
+    n_lead = len(lead)
+    preludes = [list(dict.fromkeys(tuple(seg.prelude) for seg in row if seg.prelude)) for row in rows]
+    widths = [
+        n_lead + sum(map(len, pre)) + sum(len(s.stem) + sum(len(b) - 1 for b in s.branches) for s in row)
+        for pre, row in zip(preludes, rows, strict=True)
+    ]
+    width = max(widths)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    own = torch.zeros((n, width, width), dtype=torch.bool)
+    seen = torch.zeros((n, width, cache_width), dtype=torch.bool)
+    targets: list[list[tuple[list[int], list[int]]]] = []
+    starts: list[int] = []
+
+    def place(r: int, col: int, tokens: Sequence[int], first_position: int) -> slice:
+        cols = slice(col, col + len(tokens))
+        ids[r, cols] = torch.tensor(list(tokens), dtype=torch.long)
+        positions[r, cols] = torch.arange(first_position, first_position + len(tokens))
+        own[r, cols, cols] = torch.ones((len(tokens), len(tokens)), dtype=torch.bool).tril()
+        return cols
+
+    for r, (pre, row) in enumerate(zip(preludes, rows, strict=True)):
+        shared = place(r, 0, lead, 0) if lead else slice(0, 0)
+        prelude_cols: dict[tuple[int, ...], slice] = {}
+        col = n_lead
+        for tokens in pre:
+            prelude_cols[tokens] = place(
+                r, col, tokens, next(s.start for s in row if tuple(s.prelude) == tokens)
+            )
+            col += len(tokens)
+        starts.append(col)
+        row_targets = []
+        for seg in row:
+            front = prelude_cols.get(tuple(seg.prelude), slice(0, 0))
+            stem_start = seg.start + len(seg.prelude)
+            stem = place(r, col, seg.stem, stem_start)
+            own[r, stem, front] = True
+            col = stem.stop
+            for branch in seg.branches:
+                cols = place(r, col, branch[:-1], stem_start + len(seg.stem))
+                own[r, cols, front] = True
+                own[r, cols, stem] = True
+                row_targets.append(([stem.stop - 1, *range(cols.start, cols.stop)], list(branch)))
+                col = cols.stop
+            for part in (front, slice(stem.start, col)):
+                own[r, part, shared] = True
+                seen[r, part] = True
+        pads = list(range(col, width))
+        own[r, pads, pads] = True  # padding attends to itself only, so no row of the mask is empty
+        targets.append(row_targets)
+    return Packed(
+        ids=ids, positions=positions, suffix_mask=own, targets=targets, cache_mask=seen,
+        adapter_starts=starts, adapters=list(adapters), causal_lead=n_lead,
+    )  # fmt: skip
 
 
 def _common_length(rows: Sequence[Sequence[int]]) -> int:
@@ -92,24 +145,11 @@ def _common_length(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _extend(model: Any, prefix: Prefix, middles: Sequence[Sequence[int]], pad_id: int) -> list[list[int]]:
-    """Append each distinct requirement line to the cache (base model); return each one's columns."""
-    common = list(range(prefix.width))
-    segments, columns, col = [], [], prefix.width
-    for m in middles:
-        segments.append(Segment(visible=common, start=prefix.width, stem=m, branches=()))
-        columns.append(list(range(col, col + len(m))))
-        col += len(m)
-    if col > prefix.width:
-        with base_model_only(model):
-            suffix_forward(model, prefix, pack_segments(segments, prefix.width, pad_id))
-    return columns
-
-
 def _activate(model: Any, adapter: str | None) -> AbstractContextManager[None]:
     if adapter is None:
         return base_model_only(model)
-    model.set_adapter(adapter)
+    if model.active_adapter != adapter:
+        model.set_adapter(adapter)  # walks every module (~10 ms): only when it changes
     return nullcontext()
 
 
@@ -122,7 +162,10 @@ def score_checks(
     `alora[name]` says whether adapter `name` is an aLoRA adapter (True for the base model).
     """
     results: list[CheckResult | None] = [None] * len(checks)
-    prefixes = [c.fmt.encode(item, c.requirement).prefix for c in checks]  # each prompt encoded once
+    # Every check sees the output cut at the same place (the tightest check's room), so that a long
+    # output is shared rather than truncated differently per requirement line; each prompt encoded once.
+    room = min(c.fmt.room(c.requirement) for c in checks)
+    prefixes = [c.fmt.encode(item, c.requirement, room=room).prefix for c in checks]
     shared = [i for i, c in enumerate(checks) if alora.get(c.adapter, False)]
     for i, check in enumerate(checks):
         if i not in shared:
@@ -145,48 +188,54 @@ def score_checks(
 def _shared_pass(
     model: Any, checks: Sequence[Check], prefixes: Sequence[list[int]]
 ) -> dict[int, CheckResult]:
+    """The common prefix once and every check, in as few forwards as possible.
+
+    One adapter (or only the judge): a single forward whose row starts with the common prefix.
+    Several: the prefix is prefilled once, then one forward holds a row per adapter over its cache.
+    """
     started = time.perf_counter()
     n_common = _common_length(prefixes)  # at least 1: the caller groups by first token
     pad_id = checks[0].fmt.pad_id
-    prefix = prefill(model, [prefixes[0][:n_common]], pad_id)
-    middles = list(dict.fromkeys(tuple(p[n_common:]) for p in prefixes))
-    middle_cols = dict(zip(middles, _extend(model, prefix, middles, pad_id), strict=True))
-    base_length = prefix.cache.get_seq_length()
-    shared_seconds = time.perf_counter() - started
-    common_cols = list(range(n_common))
-    out: dict[int, CheckResult] = {}
     by_adapter: dict[str | None, list[int]] = {}
     for i, c in enumerate(checks):
         by_adapter.setdefault(c.adapter, []).append(i)
-    for adapter, idx in by_adapter.items():
-        adapter_started = time.perf_counter()
-        segments = []
-        for i in idx:
-            fmt, middle = checks[i].fmt, tuple(prefixes[i][n_common:])
-            segments.append(
-                Segment(
-                    visible=common_cols + middle_cols[middle],
-                    start=len(prefixes[i]),
-                    stem=fmt.invocation_ids,
-                    branches=[fmt.label_ids[label] for label in fmt.labels],
-                )
+    rows = [
+        [
+            Segment(
+                start=n_common,
+                prelude=prefixes[i][n_common:],
+                stem=checks[i].fmt.invocation_ids,
+                branches=[checks[i].fmt.label_ids[label] for label in checks[i].fmt.labels],
             )
-        packed = pack_segments(segments, base_length, pad_id)
-        try:
-            with _activate(model, adapter):
-                logits = suffix_forward(model, prefix, packed)
-        finally:
-            extra = prefix.cache.get_seq_length() - base_length
-            if extra > 0:
-                prefix.cache.crop(-extra)
-        logps = branch_logprobs(logits, packed)[0]
-        pass_seconds = time.perf_counter() - adapter_started
+            for i in idx
+        ]
+        for idx in by_adapter.values()
+    ]
+    common = prefixes[0][:n_common]
+    if len(rows) == 1:
+        (adapter,) = by_adapter
+        packed = pack_segments(rows, [adapter], pad_id, lead=common)
+        packed.adapters = None  # one adapter: activated as usual, cheaper than a mixed batch
+        if adapter is None and is_alora(model):
+            packed.adapter_starts = [packed.ids.shape[1]]  # the active aLoRA adapter applies to no token
+            context: AbstractContextManager[None] = nullcontext()
+        else:
+            context = _activate(model, adapter)
+        with context:
+            logits = suffix_forward(model, empty_prefix(1, next(model.parameters()).device), packed)
+    else:
+        packed = pack_segments(rows, list(by_adapter), pad_id, cache_width=n_common)
+        prefix = expand_prefix(prefill(model, [common], pad_id), len(rows))
+        logits = suffix_forward(model, prefix, packed)
+    logps = branch_logprobs(logits, packed)
+    share = (time.perf_counter() - started) / len(checks)
+    out: dict[int, CheckResult] = {}
+    for idx, row in zip(by_adapter.values(), logps, strict=True):
         k = 0
         for i in idx:
             fmt = checks[i].fmt
-            sums = torch.stack([lp.sum() for lp in logps[k : k + len(fmt.labels)]])
+            sums = torch.stack([lp.sum() for lp in row[k : k + len(fmt.labels)]])
             k += len(fmt.labels)
-            share = shared_seconds / len(checks) + pass_seconds / len(idx)
             out[i] = CheckResult(_scores(fmt, sums), share)
     return out
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from validora import attention
 from validora.errors import ConfigError, ModelError
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
@@ -205,6 +206,7 @@ def load_base_model(
         )
     except OSError as exc:
         raise ModelError(_load_hint(spec, exc)) from exc
+    attention.install(model)
     model.to(dev)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev)

@@ -102,17 +102,26 @@ class PromptFormat:
         self.lead_ids = list(tokenizer("", add_special_tokens=True)["input_ids"])
         # Truncation budget uses the longest label, so an item's prefix is the same whichever label follows.
         self.suffix_budget = len(self.invocation_ids) + max(len(v) for v in self.label_ids.values())
+        self._last_item: tuple[str, list[int]] | None = None
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _item_ids(self, item: str) -> list[int]:
+        """Token ids of an item; the last one is remembered, as many checks of one output follow each other."""
+        last = self._last_item
+        if last is not None and last[0] == item:
+            return last[1]
+        ids = self._ids(item)
+        self._last_item = (item, ids)
+        return ids
 
     @staticmethod
     def requirement_line(requirement: str | None) -> str:
         return f"\nRequirement: {requirement or ''}\n"
 
-    def encode(self, item: str, requirement: str | None = None) -> Encoded:
-        """The prefix ids of one item: lead tokens, item (left-truncated to fit), requirement line."""
-        item_ids = self._ids(item)
+    def room(self, requirement: str | None = None) -> int:
+        """How many item tokens fit beside this requirement line, the invocation and the longest label."""
         req_ids = self._ids(self.requirement_line(requirement))
         room = self.max_length - len(self.lead_ids) - len(req_ids) - self.suffix_budget
         if room < 1:
@@ -120,6 +129,17 @@ class PromptFormat:
                 f"--max-length {self.max_length} leaves no room for the item: the requirement line, "
                 f"invocation and longest label take {self.max_length - room} tokens."
             )
+        return room
+
+    def encode(self, item: str, requirement: str | None = None, *, room: int | None = None) -> Encoded:
+        """The prefix ids of one item: lead tokens, item (left-truncated to fit), requirement line.
+
+        `room` (at most `self.room(requirement)`) lets several checks of one output cut its text at the
+        same place, so that they can share its cache.
+        """
+        item_ids = self._item_ids(item)
+        req_ids = self._ids(self.requirement_line(requirement))
+        room = min(room, self.room(requirement)) if room is not None else self.room(requirement)
         cut = max(0, len(item_ids) - room)
         return Encoded(prefix=[*self.lead_ids, *item_ids[cut:], *req_ids], truncated=cut)
 
@@ -180,7 +200,10 @@ class JudgeFormat:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
 
-    def encode(self, item: str, requirement: str | None = None) -> Encoded:
+    def room(self, requirement: str | None = None) -> int:
+        return 2**62  # the judge never truncates: the base model's own context limit applies
+
+    def encode(self, item: str, requirement: str | None = None, *, room: int | None = None) -> Encoded:
         question = JUDGE_QUESTION.format(item=item, requirement=requirement or "")
         if self.chat:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
