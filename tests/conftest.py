@@ -79,3 +79,12 @@ def trained_adapter(tmp_path_factory, small_data) -> Path:
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running fake Hub; huggingface_hub points at it with HF_TOKEN set and HF_HOME in tmp_path."""
+    from .fake_hub import fake_hub_env
+
+    with fake_hub_env(monkeypatch, tmp_path / "hf_home") as fake:
+        yield fake

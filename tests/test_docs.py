@@ -1,4 +1,7 @@
-"""Executable docs: the README's Python blocks and examples/triage.py run against a real adapter."""
+"""Executable docs: the README's ```python blocks and examples/triage.py run against a real adapter.
+
+```py blocks need a real Hub repository and are not run; tests/test_hub.py covers what they show.
+"""
 
 import os
 import re

@@ -165,22 +165,57 @@ def base_key(name: str) -> str:
     return Path(name.rstrip("/")).name.lower()
 
 
+def resolve_adapter_dir(
+    model_id: str | Path,
+    *,
+    intrinsic_name: str | None = None,
+    base_model_name: str | None = None,
+    revision: str | None = None,
+) -> tuple[Path, str | None]:
+    """A local adapter directory for a directory, a hub id (plain or intrinsics layout) or a snapshot.
+
+    Returns the directory and, for the intrinsics layout, the intrinsic's name.
+    """
+    from validora import layouts
+
+    local = Path(model_id).expanduser()
+    text = str(model_id)
+    if local.is_dir():
+        root = local
+    elif text.startswith((".", "/", "~")) or text.count("/") != 1 or local.exists():
+        raise AdapterError(f"Adapter directory not found: {model_id}")
+    else:
+        from validora.hub import download_adapter
+
+        root = download_adapter(text, revision=revision)
+    try:
+        found = layouts.locate(root, intrinsic_name=intrinsic_name, base_model_name=base_model_name)
+    except LookupError as exc:
+        raise AdapterError(f"{model_id}: {exc}") from None
+    return found.path, found.intrinsic_name
+
+
 class CustomIntrinsicAdapter:
-    """A trained validora adapter, from a local directory or a hub id, ready to add to a backend."""
+    """A trained validora adapter, from a local directory or a hub id, ready to add to a backend.
 
-    def __init__(self, model_id: str, base_model_name: str | None = None, intrinsic_name: str | None = None):
+    A hub repository may hold the adapter at its root or in the intrinsics layout
+    (`<intrinsic_name>/<base_model_name>/<alora|lora>/`); `intrinsic_name` picks one of several.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        base_model_name: str | None = None,
+        intrinsic_name: str | None = None,
+        *,
+        revision: str | None = None,
+    ):
         self.model_id = model_id
-        local = Path(model_id).expanduser()
-        if local.is_dir():
-            self.path = local
-        elif model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
-            raise AdapterError(f"Adapter directory not found: {model_id}")
-        else:
-            from validora.hub import download_adapter
-
-            self.path = download_adapter(model_id)
+        self.path, found_name = resolve_adapter_dir(
+            model_id, intrinsic_name=intrinsic_name, base_model_name=base_model_name, revision=revision
+        )
         self.info = AdapterInfo.read(self.path)
-        self.name = intrinsic_name or base_key(model_id)
+        self.name = intrinsic_name or found_name or base_key(model_id)
         self.base_model_name = base_model_name or self.info.base_model
         if base_key(self.base_model_name) != base_key(self.info.base_model):
             raise AdapterError(

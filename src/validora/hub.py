@@ -1,7 +1,12 @@
-"""Hugging Face Hub access through huggingface_hub (never hand-written HTTP); tokens are never printed."""
+"""Hugging Face Hub access through huggingface_hub (never hand-written HTTP); tokens are never printed.
+
+The endpoint comes from HF_ENDPOINT and the token from HF_TOKEN or the stored `hf auth login`, as
+huggingface_hub reads them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from validora.errors import HubError
@@ -10,7 +15,7 @@ from validora.errors import HubError
 def download_adapter(repo_id: str, *, revision: str | None = None) -> Path:
     """A local snapshot of an adapter repository; the cache is honoured and HF_HUB_OFFLINE works once cached."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, revision=revision))
@@ -23,5 +28,94 @@ def download_adapter(repo_id: str, *, revision: str | None = None) -> Path:
         raise HubError(
             f"No adapter repository {repo_id!r} on the Hub (or it is private and no token is set)."
         ) from None
-    except Exception as exc:  # network errors, bad revisions
-        raise HubError(f"Could not download adapter {repo_id!r}: {exc}") from None
+    except RevisionNotFoundError:
+        raise HubError(f"Repository {repo_id!r} has no revision {revision!r}.") from None
+    except Exception as exc:  # network errors
+        raise HubError(f"Could not download adapter {repo_id!r}: {_reason(exc)}") from None
+
+
+def token() -> str:
+    """The user's token, or a clear error before anything is sent."""
+    from huggingface_hub import get_token
+
+    found = get_token()
+    if not found:
+        raise HubError(
+            "No Hugging Face token: set HF_TOKEN or run `hf auth login`, then retry. Nothing was uploaded."
+        )
+    return found
+
+
+def check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise HubError(f"--name {repo_id!r} is not a valid repository id: {exc}") from None
+    if repo_id.count("/") != 1:
+        raise HubError(f"--name {repo_id!r} must be ORG/NAME (or USER/NAME).")
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    repo_url: str
+    commit_oid: str
+    commit_url: str
+    created: bool  # the repository did not exist before
+
+
+def upload_files(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool,
+    revision: str | None = None,
+    commit_message: str,
+    root_readme: str | None = None,
+) -> Uploaded:
+    """Create the repository when missing and upload every file under `folder` in one commit.
+
+    `root_readme` is added as the repository's README.md only when it has none yet (an intrinsics
+    repository may hold other adapters and their card).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    secret = token()
+    api = HfApi(token=secret)
+    try:
+        created = not api.repo_exists(repo_id)
+        repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        if root_readme is not None and "README.md" not in api.list_repo_files(repo_id, revision=revision):
+            (folder / "README.md").write_text(root_readme, encoding="utf-8")
+        # create_commit, not upload_folder: exactly one commit (upload_folder splits a failing commit
+        # into several, which could leave half an adapter in the repository).
+        operations = [
+            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        ]
+        info = api.create_commit(
+            repo_id, operations=operations, commit_message=commit_message, revision=revision
+        )
+    except HfHubHTTPError as exc:
+        raise HubError(
+            f"Upload to {repo_id!r} failed: {_reason(exc)}. Your local files are unchanged."
+        ) from None
+    except OSError as exc:  # connection refused, DNS, timeouts
+        raise HubError(
+            f"Could not reach the Hub to upload {repo_id!r}: {exc}. Nothing was changed locally."
+        ) from None
+    return Uploaded(repo_url=repo_url, commit_oid=info.oid, commit_url=info.commit_url, created=created)
+
+
+def _reason(exc: Exception) -> str:
+    """The server's message without request details (headers are never included, so no token)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    message = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
+    return f"HTTP {status}: {message}" if status else message

@@ -90,8 +90,44 @@ def hub_base_model(name: str) -> str:
     return Path(name).name if name.startswith("/") else name
 
 
-def model_card(info: AdapterInfo, metrics: dict[str, Any]) -> str:
-    """A README.md built from validora.json and metrics.json alone (no LLM involved)."""
+def _usage(info: AdapterInfo, repo_id: str | None, intrinsic_name: str | None) -> str:
+    """How to load the adapter: by hub id once published, from its directory before."""
+    where = repo_id or "./this-adapter"
+    base = hub_base_model(info.base_model)
+    extra = f", intrinsic_name={intrinsic_name!r}" if intrinsic_name else ""
+    label = info.labels[-1]
+    return f"""```bash
+m alora predict {where} "text to classify"
+```
+
+```python
+from validora import CustomIntrinsicAdapter, LocalHFBackend, Session, req
+
+backend = LocalHFBackend(model_id="{base}")
+backend.add_adapter(CustomIntrinsicAdapter(model_id="{where}", base_model_name="{base}"{extra}))
+m = Session(backend)
+result = m.instruct(
+    "Write a short summary of: {{{{text}}}}",
+    user_variables={{"text": "..."}},
+    requirements=[req("The label must not be '{label}'.")],
+)
+print(result)
+```"""
+
+
+def model_card(
+    info: AdapterInfo,
+    metrics: dict[str, Any],
+    *,
+    repo_id: str | None = None,
+    intrinsic_name: str | None = None,
+    images_at: str = "",
+) -> str:
+    """A README.md built from validora.json and metrics.json alone (no LLM involved).
+
+    With `repo_id` the usage code loads the adapter by hub id; `images_at` is the folder of the
+    report images relative to the card.
+    """
     kind = "activated LoRA (aLoRA)" if info.is_alora else "LoRA"
     best = metrics.get("metrics", {})
     per_label = best.get("per_label", {})
@@ -141,13 +177,13 @@ Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):
 
 {_table(("label", "precision", "recall", "F1", "support"), rows)}
 
-![confusion matrix](confusion_matrix.png)
+![confusion matrix]({images_at}confusion_matrix.png)
 
 ### Per epoch
 
 {_table(("epoch", "train loss", "val loss", "val accuracy", "val macro-F1"), epochs)}
 
-![training curves](training_curves.png)
+![training curves]({images_at}training_curves.png)
 
 ## Training arguments
 
@@ -157,15 +193,7 @@ Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):
 
 ## Usage
 
-```bash
-m alora predict ./this-adapter "text to classify"
-```
-
-```python
-from validora import load_validator
-validator = load_validator("./this-adapter")
-print(validator.predict(["text to classify"]))
-```
+{_usage(info, repo_id, intrinsic_name)}
 
 ## Data warning
 

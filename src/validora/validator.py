@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapters import AdapterInfo, attach, prompt_format
+from validora.adapters import AdapterInfo, attach, prompt_format, resolve_adapter_dir
 from validora.errors import DataError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
@@ -59,8 +59,8 @@ def load_validator(
     device: str = "auto",
     loaded: LoadedModel | None = None,
 ) -> Validator:
-    """Load an adapter directory onto its base model (or `basemodel`, which must tokenize identically)."""
-    path = Path(path)
+    """Load an adapter (directory or hub id) onto its base model (or `basemodel`, which must tokenize identically)."""
+    path, _ = resolve_adapter_dir(path)
     info = AdapterInfo.read(path)
     loaded = loaded or load_base_model(basemodel or info.base_model, device=device)
     fmt = prompt_format(info, loaded.tokenizer)

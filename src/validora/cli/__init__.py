@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, predict, train
+from validora.cli import evaluate, hub, predict, train
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -17,6 +17,9 @@ app.add_typer(alora, name="alora")
 alora.command("train")(train.train)
 alora.command("eval")(evaluate.evaluate)
 alora.command("predict")(predict.predict)
+alora.command("upload")(hub.upload)
+alora.command("io-yaml")(hub.io_yaml)
+alora.command("download")(hub.download)
 
 
 def _quiet_libraries() -> None:

@@ -14,7 +14,9 @@ from validora.errors import ConfigError
 
 @handles_errors
 def evaluate(
-    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
+    adapter: Annotated[
+        str, typer.Argument(help="Adapter directory written by `m alora train`, or a hub id.")
+    ],
     datafile: Annotated[Path, typer.Argument(help="Labeled JSONL to evaluate on.")],
     basemodel: Annotated[
         str | None, typer.Option(help="Override the adapter's base model (must tokenize identically).")

@@ -27,7 +27,9 @@ def _read_texts(path: Path) -> list[str]:
 
 @handles_errors
 def predict(
-    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
+    adapter: Annotated[
+        str, typer.Argument(help="Adapter directory written by `m alora train`, or a hub id.")
+    ],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[
         Path | None,

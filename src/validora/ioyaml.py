@@ -1,0 +1,136 @@
+"""io.yaml: how a client calls an adapter and reads its answer (the Granite intrinsics convention).
+
+validora writes one for its adapters (`m alora io-yaml`) and checks a user's before any upload, with
+line numbers, so that a broken or inconsistent file never reaches the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from validora.adapters import AdapterInfo
+from validora.errors import ConfigError
+
+REQUIRED = ("model", "response_format", "transformations", "parameters")
+
+
+def response_schema(labels: list[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": list(labels)}
+
+
+def generate(info: AdapterInfo) -> str:
+    """A correct io.yaml for this adapter: its answer is exactly one label."""
+    schema = json.dumps(response_schema(info.labels), ensure_ascii=False)
+    longest = max(len(ids) for ids in info.prompt.get("label_ids", {}).values() or [[0] * 8])
+    return f"""\
+# io.yaml of a validora {info.adapter_type} adapter on {info.base_model}.
+# The answer is exactly one label; validora scores every label by its likelihood.
+# Model name, or null to use the one in the request.
+model: null
+# JSON schema of the answer: one of the adapter's labels.
+response_format: |
+  {schema}
+# Post-processing of the answer: none, the label is the result.
+transformations: null
+# Text appended to the conversation before the answer, or null: the adapter's invocation prompt
+# ({json.dumps(info.invocation_prompt)}) comes from its chat template and is added by validora.
+instruction: null
+# Generation parameters for clients that decode the answer instead of scoring labels.
+parameters:
+  max_completion_tokens: {longest}
+  temperature: 0.0
+"""
+
+
+def _line_of(node: Any, key: str) -> int | None:
+    """1-based line of a top-level key in a composed YAML mapping."""
+    for k, _ in getattr(node, "value", []) or []:
+        if getattr(k, "value", None) == key:
+            return k.start_mark.line + 1
+    return None
+
+
+def _enums(schema: Any) -> list[list[Any]]:
+    """Every `enum` list anywhere in a JSON schema."""
+    if isinstance(schema, dict):
+        found = [schema["enum"]] if isinstance(schema.get("enum"), list) else []
+        return found + [e for v in schema.values() for e in _enums(v)]
+    if isinstance(schema, list):
+        return [e for v in schema for e in _enums(v)]
+    return []
+
+
+def validate(path: str | Path, labels: list[str]) -> str:
+    """Check an io.yaml file against the adapter's labels; return its text. All problems at once."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--io-yaml {path} does not exist.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {exc.problem or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: io.yaml must be a mapping of fields ({', '.join(REQUIRED)}).")
+
+    problems: list[str] = []
+
+    def problem(key: str, message: str) -> None:
+        line = _line_of(node, key)
+        problems.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+    for key in REQUIRED:
+        if key not in data:
+            problems.append(f"{path}: missing required field '{key}'.")
+    if data.get("model") is not None and not isinstance(data["model"], str):
+        problem("model", "'model' must be a model name or null.")
+    if "response_format" in data:
+        fmt = data["response_format"]
+        schema: Any = None
+        if isinstance(fmt, str):
+            try:
+                schema = json.loads(fmt)
+            except json.JSONDecodeError as exc:
+                problem("response_format", f"'response_format' is not valid JSON: {exc}.")
+        elif isinstance(fmt, dict):
+            schema = fmt
+        else:
+            problem("response_format", "'response_format' must be a JSON schema (a string or a mapping).")
+        if schema is not None:
+            enums = _enums(schema)
+            if len(enums) != 1:
+                problem(
+                    "response_format",
+                    f"'response_format' must list the adapter's labels in one 'enum'; found {len(enums)} enums.",
+                )
+            elif set(map(str, enums[0])) != set(labels):
+                missing = sorted(set(labels) - set(map(str, enums[0])))
+                extra = sorted(set(map(str, enums[0])) - set(labels))
+                problem(
+                    "response_format",
+                    f"the 'enum' of 'response_format' does not match the adapter's labels {labels}: "
+                    f"missing {missing}, not labels of the adapter {extra}.",
+                )
+    transformations = data.get("transformations")
+    if transformations is not None and not (
+        isinstance(transformations, list)
+        and all(isinstance(t, dict) and "type" in t for t in transformations)
+    ):
+        problem("transformations", "'transformations' must be null or a list of mappings with a 'type'.")
+    if data.get("instruction") is not None and not isinstance(data["instruction"], str):
+        problem("instruction", "'instruction' must be a string or null.")
+    if data.get("parameters") is not None and not isinstance(data["parameters"], dict):
+        problem("parameters", "'parameters' must be a mapping (e.g. max_completion_tokens: 8) or null.")
+    if problems:
+        raise ConfigError(f"{path} is not a valid io.yaml for this adapter:\n  " + "\n  ".join(problems))
+    return text

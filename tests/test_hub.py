@@ -1,0 +1,196 @@
+"""Sharing adapters: upload (plain and intrinsics layouts), io.yaml, model card, loading by hub id.
+
+Everything goes through the real huggingface_hub client and the real CLI, against a local fake Hub.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import HfApi
+from typer.testing import CliRunner
+
+from validora import CustomIntrinsicAdapter, ioyaml, layouts
+from validora.adapters import AdapterInfo
+from validora.cli import app
+from validora.errors import AdapterError, ConfigError
+from validora.validator import load_validator
+
+from .conftest import LABELS
+from .fake_hub import USER
+
+REPO = f"{USER}/engine-check"
+TEXTS = ["Heavy knock under load, metal flakes in the oil.", "Ran smooth for 20 minutes after a new plug."]
+
+
+def m(*args: str):
+    return CliRunner().invoke(app, ["alora", *map(str, args)])
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def writes(hub) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in hub.requests if m == "POST"]
+
+
+@pytest.fixture
+def adapter(trained_adapter, tmp_path) -> Path:
+    """A private copy of the trained adapter, so tests may add files to it."""
+    return Path(shutil.copytree(trained_adapter, tmp_path / "engine"))
+
+
+def test_plain_upload_round_trip(hub, adapter):
+    before = digest(adapter)
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code == 0, result.output
+    (commit,) = [c for c in hub.commits(REPO) if c.title.startswith("Upload validora adapter")]
+    assert f"commit: {commit.oid}" in result.stdout and f"{hub.endpoint}/{REPO}" in result.stdout
+    files = hub.files(REPO)
+    assert {"adapter_model.safetensors", "adapter_config.json", "validora.json", "README.md"} <= set(files)
+    assert files["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    assert f'CustomIntrinsicAdapter(model_id="{REPO}"' in card and "memorise" in card
+    assert HfApi().model_info(REPO).private is True  # --private is the default
+    assert digest(adapter) == before  # the user's folder is only read
+
+    local = load_validator(adapter, device="cpu").predict(TEXTS)
+    remote = load_validator(REPO, device="cpu").predict(TEXTS)
+    for got, want in zip(remote, local, strict=True):
+        assert got.probs == pytest.approx(want.probs, abs=1e-6) and got.label == want.label
+
+
+def test_intrinsic_upload_layout_io_yaml_and_loading(hub, adapter, tmp_path):
+    custom = tmp_path / "my-io.yaml"
+    custom.write_text(
+        ioyaml.generate(AdapterInfo.read(adapter)).replace("temperature: 0.0", "temperature: 0")
+    )
+    result = m("upload", adapter, "--name", REPO, "--intrinsic", "--io-yaml", custom,
+               "--intrinsic-name", "failure_mode", "--public")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "PUBLIC" in result.stderr and "memorise" in result.stderr
+    files = hub.files(REPO)
+    folder = "failure_mode/SmolLM2-135M-Instruct/alora"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "validora.json", "io.yaml", "README.md"):
+        assert f"{folder}/{name}" in files, sorted(files)
+    assert "my-io.yaml" not in " ".join(files) and files[f"{folder}/io.yaml"] == custom.read_bytes()
+    assert f"{folder}/confusion_matrix.png" in files["README.md"].decode()  # the repository's own card
+    schema = json.loads(yaml.safe_load(files[f"{folder}/io.yaml"])["response_format"])
+    assert schema["enum"] == LABELS
+    assert HfApi().model_info(REPO).private is False
+
+    loaded = CustomIntrinsicAdapter(model_id=REPO, base_model_name="SmolLM2-135M-Instruct")
+    assert loaded.name == "failure_mode" and loaded.path.as_posix().endswith(folder)
+    assert loaded.is_alora and loaded.labels == LABELS
+
+
+def test_upload_to_an_existing_repo_and_a_branch(hub, adapter):
+    HfApi().create_repo(REPO, private=True)
+    result = m("upload", adapter, "--name", REPO, "--branch", "v2", "--commit-message", "Second model")
+    assert result.exit_code == 0, result.output
+    assert "Updated" in result.stderr
+    assert hub.commits(REPO, "v2")[-1].title == "Second model"
+    assert "validora.json" in hub.files(REPO, "v2") and "validora.json" not in hub.files(REPO)
+
+
+def test_missing_token_is_a_clear_error_and_sends_nothing(hub, adapter, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code != 0
+    assert "HF_TOKEN" in result.stderr and "hf auth login" in result.stderr
+    assert writes(hub) == [] and not any("/api/models/" in p for _, p in hub.requests)
+
+
+def test_token_is_never_printed(hub, adapter):
+    hub.fail_next("commit", status=500, message="storage backend unavailable")
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code != 0
+    assert hub.token not in result.output
+
+
+def test_bad_io_yaml_is_refused_before_any_request(hub, adapter, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: null\nresponse_format: |\n  {}\ntransformations: [\nparameters: {}\n")
+    result = m("upload", adapter, "--name", REPO, "--intrinsic", "--io-yaml", broken)
+    assert result.exit_code == 2 and "YAML syntax error" in result.stderr and "broken.yaml:" in result.stderr
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(
+        'model: null\nresponse_format: |\n  {"type": "string", "enum": ["yes", "no"]}\n'
+        "transformations: 3\nparameters: {}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        ioyaml.validate(wrong, LABELS)
+    message = str(err.value)
+    assert "wrong.yaml:2:" in message and "missing ['connecting_rod'" in message and "'yes'" in message
+    assert "wrong.yaml:4:" in message and "transformations" in message
+    assert writes(hub) == []
+
+
+def test_io_yaml_command_prints_a_valid_file(adapter, tmp_path):
+    result = m("io-yaml", adapter)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "io.yaml"
+    path.write_text(result.stdout)
+    assert ioyaml.validate(path, LABELS) == result.stdout
+    data = yaml.safe_load(result.stdout)
+    assert data["transformations"] is None and data["parameters"]["max_completion_tokens"] >= 2
+
+
+def test_data_files_are_refused_unless_allowed(hub, adapter):
+    (adapter / "train.jsonl").write_text('{"item": "secret note", "label": "no_failure"}\n')
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code != 0 and "train.jsonl" in result.stderr and "--allow-data" in result.stderr
+    assert writes(hub) == []
+    result = m("upload", adapter, "--name", REPO, "--allow-data")
+    assert result.exit_code == 0, result.output
+    assert "train.jsonl" in hub.files(REPO)
+
+
+def test_server_error_mid_upload_leaves_local_files_untouched(hub, adapter):
+    before = digest(adapter)
+    hub.fail_next("commit", status=500, message="storage backend unavailable")
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code != 0
+    assert "HTTP 500" in result.stderr and "storage backend unavailable" in result.stderr
+    assert "validora.json" not in hub.files(REPO)  # nothing half-committed
+    assert digest(adapter) == before
+
+
+def test_adapter_type_comes_from_validora_json_and_peft_config(adapter):
+    from validora.publish import adapter_kind
+
+    info = AdapterInfo.read(adapter)
+    assert adapter_kind(adapter, info) == "alora"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["alora_invocation_tokens"] = None  # present but null: a plain LoRA
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match="inconsistent"):
+        adapter_kind(adapter, info)
+    info.adapter_type = "lora"
+    assert adapter_kind(adapter, info) == "lora"
+
+
+def test_both_intrinsic_layouts_are_found(tmp_path):
+    for rel in ("new_one/SmolLM2-135M-Instruct/alora", "new_one/SmolLM2-135M-Instruct/lora",
+                "old_one/lora/SmolLM2-135M-Instruct", "old_one/alora/granite-3.3-8b-instruct"):  # fmt: skip
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "validora.json").write_text("{}")
+    found = layouts.locate(tmp_path, intrinsic_name="new_one")
+    assert (found.kind, found.base_model_name) == ("alora", "SmolLM2-135M-Instruct")  # aLoRA preferred
+    found = layouts.locate(
+        tmp_path, intrinsic_name="old_one", base_model_name="HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    assert found.path == tmp_path / "old_one/lora/SmolLM2-135M-Instruct"
+    with pytest.raises(LookupError, match="several adapters"):
+        layouts.locate(tmp_path)
+    with pytest.raises(LookupError, match="intrinsic_name 'nope'"):
+        layouts.locate(tmp_path, intrinsic_name="nope")
