@@ -63,6 +63,11 @@ def test_plain_upload_round_trip(hub, adapter):
     assert HfApi().model_info(REPO).private is True  # --private is the default
     assert digest(adapter) == before  # the user's folder is only read
 
+    result = m("download", REPO)
+    assert result.exit_code == 0, result.output
+    downloaded = Path(result.stdout.strip())
+    assert (downloaded / "adapter_model.safetensors").read_bytes() == files["adapter_model.safetensors"]
+
     local = load_validator(adapter, device="cpu").predict(TEXTS)
     remote = load_validator(REPO, device="cpu").predict(TEXTS)
     for got, want in zip(remote, local, strict=True):
@@ -194,3 +199,55 @@ def test_both_intrinsic_layouts_are_found(tmp_path):
         layouts.locate(tmp_path)
     with pytest.raises(LookupError, match="intrinsic_name 'nope'"):
         layouts.locate(tmp_path, intrinsic_name="nope")
+
+
+def test_default_upload_never_lands_in_an_existing_public_repo(hub, adapter):
+    HfApi().create_repo(REPO, private=False)
+    result = m("upload", adapter, "--name", REPO)
+    assert result.exit_code != 0 and "already exists and is PUBLIC" in result.stderr
+    assert not [c for c in hub.commits(REPO) if c.title.startswith("Upload")]
+
+
+def test_reupload_removes_what_the_previous_upload_left(hub, adapter, tmp_path):
+    (adapter / "notes.csv").write_text("item,label\nsecret,no_failure\n")
+    assert m("upload", adapter, "--name", REPO, "--intrinsic", "--allow-data").exit_code == 0
+    folder = "engine/SmolLM2-135M-Instruct/alora"
+    assert f"{folder}/notes.csv" in hub.files(REPO)
+    (adapter / "notes.csv").unlink()
+    result = m("upload", adapter, "--name", REPO, "--intrinsic")
+    assert result.exit_code == 0, result.output
+    files = hub.files(REPO)
+    assert f"{folder}/notes.csv" not in files and f"{folder}/validora.json" in files
+    assert len([c for c in hub.commits(REPO) if c.title.startswith("Upload")]) == 2  # one commit each
+
+
+def test_published_metadata_holds_no_local_paths(hub, adapter):
+    assert m("upload", adapter, "--name", REPO).exit_code == 0
+    files = hub.files(REPO)
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    training = json.loads(files["validora.json"])["training"]
+    assert "/" not in training["datafile"] and "/" not in training["outfile"]
+    assert str(adapter.parent) not in files["validora.json"].decode()
+
+
+def test_pickles_are_always_refused_and_options_are_checked(hub, adapter):
+    (adapter / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    result = m("upload", adapter, "--name", REPO, "--allow-data")
+    assert (
+        result.exit_code != 0 and "pickled weights" in result.stderr and "--allow-data" not in result.stderr
+    )
+    (adapter / "pytorch_model.bin").unlink()
+    result = m("upload", adapter, "--name", REPO, "--intrinsic-name", "x")
+    assert result.exit_code == 2 and "--intrinsic" in result.stderr
+    result = m("upload", adapter, "--name", REPO, "--intrinsic", "--intrinsic-name", "../escape")
+    assert result.exit_code != 0 and "cannot be a repository folder" in result.stderr
+    assert writes(hub) == []
+
+
+def test_unknown_io_yaml_fields_are_named(adapter, tmp_path):
+    text = ioyaml.generate(AdapterInfo.read(adapter)) + "instructions: typo\n"
+    path = tmp_path / "io.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"io.yaml:\d+: unknown field 'instructions'"):
+        ioyaml.validate(path, LABELS)

@@ -6,8 +6,10 @@ huggingface_hub reads them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from validora.errors import HubError
 
@@ -74,31 +76,47 @@ def upload_files(
     revision: str | None = None,
     commit_message: str,
     root_readme: str | None = None,
+    stale: Callable[[set[str], set[str]], set[str]] = lambda remote, local: set(),
 ) -> Uploaded:
     """Create the repository when missing and upload every file under `folder` in one commit.
 
     `root_readme` is added as the repository's README.md only when it has none yet (an intrinsics
-    repository may hold other adapters and their card).
+    repository may hold other adapters and their card). `stale(remote, local)` names remote files
+    the same commit deletes (what an earlier upload of this adapter left behind). An existing public
+    repository is refused unless `private` is False: a default upload never lands in public.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     secret = token()
     api = HfApi(token=secret)
     try:
         created = not api.repo_exists(repo_id)
+        if not created:
+            is_private = api.model_info(repo_id).private
+            if private and not is_private:
+                raise HubError(
+                    f"{repo_id} already exists and is PUBLIC. Pass --public to publish into it, "
+                    "or choose another --name."
+                )
+            if not private and is_private:
+                raise HubError(
+                    f"{repo_id} exists and is private; --public does not change an existing repository. "
+                    "Change its visibility on the Hub, or upload without --public."
+                )
         repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        if root_readme is not None and "README.md" not in api.list_repo_files(repo_id, revision=revision):
+        remote = set(api.list_repo_files(repo_id, revision=revision))
+        if root_readme is not None and "README.md" not in remote:
             (folder / "README.md").write_text(root_readme, encoding="utf-8")
+        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         # create_commit, not upload_folder: exactly one commit (upload_folder splits a failing commit
         # into several, which could leave half an adapter in the repository).
-        operations = [
-            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
+        operations: list[Any] = [
+            CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel)) for rel in local
         ]
+        operations += [CommitOperationDelete(path_in_repo=rel) for rel in sorted(stale(remote, set(local)))]
         info = api.create_commit(
             repo_id, operations=operations, commit_message=commit_message, revision=revision
         )
@@ -106,16 +124,25 @@ def upload_files(
         raise HubError(
             f"Upload to {repo_id!r} failed: {_reason(exc)}. Your local files are unchanged."
         ) from None
-    except OSError as exc:  # connection refused, DNS, timeouts
+    except HubError:
+        raise
+    except Exception as exc:  # connection refused, DNS, timeouts (httpx errors are not OSErrors)
         raise HubError(
-            f"Could not reach the Hub to upload {repo_id!r}: {exc}. Nothing was changed locally."
+            f"Could not reach the Hub at {_endpoint()} to upload {repo_id!r}: {_reason(exc)}. "
+            "Your local files are unchanged."
         ) from None
     return Uploaded(repo_url=repo_url, commit_oid=info.oid, commit_url=info.commit_url, created=created)
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def _reason(exc: Exception) -> str:
     """The server's message without request details (headers are never included, so no token)."""
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    message = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
+    message = getattr(exc, "server_message", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
     return f"HTTP {status}: {message}" if status else message

@@ -14,6 +14,7 @@ from validora.adapters import AdapterInfo
 from validora.errors import ConfigError
 
 REQUIRED = ("model", "response_format", "transformations", "parameters")
+OPTIONAL = ("instruction", "sentence_boundaries")  # the latter: used by Granite's citation intrinsics
 
 
 def response_schema(labels: list[str]) -> dict[str, Any]:
@@ -80,6 +81,8 @@ def validate(path: str | Path, labels: list[str]) -> str:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:  # e.g. control characters: reported without a mark
+        raise ConfigError(f"{path}: YAML error: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: io.yaml must be a mapping of fields ({', '.join(REQUIRED)}).")
 
@@ -92,6 +95,9 @@ def validate(path: str | Path, labels: list[str]) -> str:
     for key in REQUIRED:
         if key not in data:
             problems.append(f"{path}: missing required field '{key}'.")
+    for key in data:
+        if key not in (*REQUIRED, *OPTIONAL):
+            problem(str(key), f"unknown field {key!r} (known: {', '.join((*REQUIRED, *OPTIONAL))}).")
     if data.get("model") is not None and not isinstance(data["model"], str):
         problem("model", "'model' must be a model name or null.")
     if "response_format" in data:
@@ -113,9 +119,9 @@ def validate(path: str | Path, labels: list[str]) -> str:
                     "response_format",
                     f"'response_format' must list the adapter's labels in one 'enum'; found {len(enums)} enums.",
                 )
-            elif set(map(str, enums[0])) != set(labels):
-                missing = sorted(set(labels) - set(map(str, enums[0])))
-                extra = sorted(set(map(str, enums[0])) - set(labels))
+            elif sorted(map(repr, enums[0])) != sorted(map(repr, labels)):
+                missing = sorted(set(labels) - set(enums[0]))
+                extra = sorted(map(repr, [e for e in enums[0] if e not in labels]))
                 problem(
                     "response_format",
                     f"the 'enum' of 'response_format' does not match the adapter's labels {labels}: "

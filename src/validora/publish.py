@@ -7,6 +7,7 @@ before the first request, so a refused upload sends nothing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from validora import hub, ioyaml, layouts, reports
 from validora.adapters import CONFIG_FILE, INFO_FILE, AdapterInfo
 from validora.errors import AdapterError, HubError
 
-DATA_SUFFIXES = frozenset({".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".feather", ".xlsx"})
+DATA_SUFFIXES = frozenset(
+    {".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".feather", ".xlsx", ".gz", ".zip"}
+)
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 MAX_OTHER_BYTES = 10 * 1024 * 1024  # anything this large that is not weights is probably data
 MEMORISATION_WARNING = (
@@ -41,19 +44,54 @@ def adapter_kind(directory: Path, info: AdapterInfo) -> str:
     return info.adapter_type
 
 
-def refused_files(directory: Path, *, allow_data: bool) -> list[str]:
-    """Files that must not be published: training data (unless allowed) and pickled weights (never)."""
-    problems = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+def adapter_files(directory: Path) -> list[Path]:
+    """What an upload takes from the directory: every file except hidden ones (editor, OS, VCS)."""
+    return [
+        p
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    ]
+
+
+def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list[str]]:
+    """(pickled weights, which are never published; files that look like training data, unless allowed)."""
+    pickles, data = [], []
+    for path in adapter_files(directory):
         rel = path.relative_to(directory)
-        suffix = path.suffix.lower()
-        if suffix in PICKLE_SUFFIXES:
-            problems.append(f"{rel} (pickled weights: validora loads safetensors only)")
-        elif not allow_data and suffix in DATA_SUFFIXES:
-            problems.append(f"{rel} (looks like training data)")
-        elif not allow_data and suffix != ".safetensors" and path.stat().st_size > MAX_OTHER_BYTES:
-            problems.append(f"{rel} ({path.stat().st_size / 1e6:.0f} MB and not weights: data?)")
-    return problems
+        suffixes = {s.lower() for s in path.suffixes}
+        if suffixes & PICKLE_SUFFIXES:
+            pickles.append(f"{rel} (pickled weights: validora loads safetensors only)")
+        elif allow_data:
+            continue
+        elif suffixes & DATA_SUFFIXES:
+            data.append(f"{rel} (looks like training data)")
+        elif path.suffix != ".safetensors" and path.stat().st_size > MAX_OTHER_BYTES:
+            data.append(f"{rel} ({path.stat().st_size / 1e6:.0f} MB and not weights: data?)")
+    return pickles, data
+
+
+def _public_json(path: Path, info: AdapterInfo) -> bytes:
+    """validora.json / adapter_config.json without this machine's paths (home directories, data files)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if path.name == CONFIG_FILE:
+        data["base_model_name_or_path"] = reports.hub_base_model(info.base_model)
+    if path.name == INFO_FILE:
+        # The alias stays (it loads the embedded model); an absolute path keeps only its last part.
+        data["base_model"] = _no_path(data["base_model"])
+        training = data.get("training", {})
+        if isinstance(training.get("basemodel"), str):
+            training["basemodel"] = _no_path(training["basemodel"])
+        for key in ("datafile", "outfile", "promptfile"):
+            if isinstance(training.get(key), str):
+                training[key] = Path(training[key]).name
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _no_path(name: str) -> str:
+    return Path(name).name if name.startswith(("/", "~", ".")) else name
+
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -78,28 +116,37 @@ def build(
     directory = Path(directory)
     info = AdapterInfo.read(directory)
     kind = adapter_kind(directory, info)
-    problems = refused_files(directory, allow_data=allow_data)
-    if problems:
+    pickles, data = refused_files(directory, allow_data=allow_data)
+    if pickles or data:
+        hint = " or pass --allow-data if the data may be published" if data else ""
         raise HubError(
-            "Refusing to upload:\n  " + "\n  ".join(problems) + "\nRemove them from the adapter directory"
-            + (" or pass --allow-data if the data may be published." if any("pickled" not in p for p in problems) else ".")
+            "Refusing to upload:\n  " + "\n  ".join(pickles + data)
+            + f"\nRemove them from the adapter directory{hint}. Nothing was sent."
         )  # fmt: skip
-    io_text = ioyaml.validate(io_yaml, info.labels) if io_yaml else None
+    own_io = directory / "io.yaml"
+    io_text = ioyaml.validate(io_yaml or own_io, info.labels) if io_yaml or own_io.is_file() else None
     if intrinsic:
         name = intrinsic_name or directory.resolve().name
         base = reports.hub_base_model(info.base_model).split("/")[-1]
+        for what, segment in (("intrinsic name", name), ("base model name", base)):
+            if not _SEGMENT.match(segment):
+                raise HubError(
+                    f"The {what} {segment!r} cannot be a repository folder: use letters, digits, '.', '_' "
+                    "and '-' (--intrinsic-name sets the intrinsic's)."
+                )
         prefix = layouts.intrinsic_path(name, base, kind)
         io_text = io_text or ioyaml.generate(info)
     else:
         prefix = ""
     target = dest / prefix
     target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in adapter_files(directory):
         rel = path.relative_to(directory)
-        if any(part.startswith(".") for part in rel.parts):
-            continue  # editor and OS files, our own staging leftovers
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target / rel)
+        if rel.as_posix() in (INFO_FILE, CONFIG_FILE):
+            (target / rel).write_bytes(_public_json(path, info))
+        else:
+            shutil.copy2(path, target / rel)
     metrics_path = directory / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     name = prefix.split("/")[0] if prefix else None
@@ -111,6 +158,22 @@ def build(
         (target / "io.yaml").write_text(io_text, encoding="utf-8")
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     return UploadSet(root=dest, prefix=prefix, files=files, card=card)
+
+
+def stale(plan: UploadSet, remote: set[str], local: set[str]) -> set[str]:
+    """Remote files an earlier upload of this adapter left that this one no longer has.
+
+    Intrinsics layout: anything in the adapter's own folder. Plain layout (the repository is the
+    adapter, but its owner may have added files): only what validora itself writes or refuses.
+    """
+    if plan.prefix:
+        return {f for f in remote - local if f.startswith(plan.prefix + "/")}
+    ours = {"io.yaml", "metrics.json", "training_curves.png", "confusion_matrix.png", INFO_FILE, CONFIG_FILE}
+    return {
+        f
+        for f in remote - local
+        if f in ours or {s.lower() for s in Path(f).suffixes} & (DATA_SUFFIXES | PICKLE_SUFFIXES)
+    }
 
 
 def upload(
@@ -136,6 +199,6 @@ def upload(
         message = commit_message or f"Upload validora adapter{' ' + plan.prefix if plan.prefix else ''}"
         done = hub.upload_files(
             Path(tmp), repo_id, private=private, revision=revision, commit_message=message,
-            root_readme=plan.card if intrinsic else None,
+            root_readme=plan.card if intrinsic else None, stale=lambda remote, local: stale(plan, remote, local),
         )  # fmt: skip
         return plan, done

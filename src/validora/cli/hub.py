@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from validora.cli.display import console, handles_errors, out
+from validora.errors import ConfigError
 
 
 @handles_errors
@@ -44,6 +45,8 @@ def upload(
     """Publish an adapter to the Hugging Face Hub in one commit (token: HF_TOKEN or `hf auth login`)."""
     from validora import publish
 
+    if intrinsic_name is not None and not intrinsic:
+        raise ConfigError("--intrinsic-name only applies with --intrinsic.")
     if io_yaml is not None and not intrinsic:
         console.print("[yellow]Note:[/] --io-yaml is published beside the weights at the repository root.")
     if not private:
