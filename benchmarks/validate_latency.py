@@ -49,7 +49,8 @@ def make_adapters(root: Path, n: int, alora: bool, labels: list[str] = LABELS) -
         )  # fmt: skip
         path = root / f"{kind}{len(labels)}-{i}"
         get_peft_model(loaded.model, config).save_pretrained(str(path))
-        info = AdapterInfo(kind, "smollm2-135m-instruct", labels, fmt.describe())
+        # trained with requirement texts, so that k requirements are k different prompts
+        info = AdapterInfo(kind, "smollm2-135m-instruct", labels, fmt.describe(), requirements=True)
         (path / "validora.json").write_text(info.to_json())
         paths.append(path)
     return paths

@@ -96,21 +96,43 @@ def test_flag_off_uses_the_base_model_judge_unless_adapter_is_named(backend):
     assert python.passed and python.adapter == "python"
 
 
-def test_shared_prefix_checks_equal_separate_checks(backend, trained_adapter):
-    second = CustomIntrinsicAdapter(model_id=str(trained_adapter), intrinsic_name="second")
+@pytest.fixture(scope="module")
+def requirement_adapter(trained_adapter, tmp_path_factory):
+    """The trained adapter marked as trained with requirement texts: requirements enter its prompt."""
+    path = shutil.copytree(trained_adapter, tmp_path_factory.mktemp("req") / "second")
+    info = json.loads((path / "validora.json").read_text())
+    (path / "validora.json").write_text(json.dumps({**info, "requirements": True}))
+    return path
+
+
+def test_a_classifier_adapter_judges_the_text_alone(backend):
+    """Trained without requirement texts: its prompt holds the output alone, as in training."""
+    output = "High vibration at 3100 RPM, connecting rod suspected."
+    first, second, plain = backend.check(
+        output, [("engine", SEED_REQ), ("engine", "Anything."), ("engine", None)]
+    )
+    backend._model.set_adapter("engine")
+    (alone,) = score_items(backend._model, backend._formats["engine"], [output])
+    for got in (first, second, plain):
+        assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
+
+
+def test_shared_prefix_checks_equal_separate_checks(backend, requirement_adapter):
+    second = CustomIntrinsicAdapter(model_id=str(requirement_adapter))
     backend.add_adapter(second)
     try:
         output = "Summary: heavy knock under load at 3100 RPM; suspect the connecting rod bearing."
         checks = [
             ("engine", SEED_REQ),
             ("second", "Must be 'connecting_rod'."),
-            ("engine", None),
+            ("second", None),
             (None, "Mentions RPM."),
         ]
         shared = backend.check(output, checks)
         for (adapter, requirement), got in zip(checks[:3], shared[:3], strict=True):
             backend._model.set_adapter(adapter)
-            (alone,) = score_items(backend._model, backend._formats[adapter], [output], requirement)
+            prompt_requirement = requirement if adapter == "second" else None
+            (alone,) = score_items(backend._model, backend._formats[adapter], [output], prompt_requirement)
             assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
         with backend._model.disable_adapter():
             naive = torch.softmax(
@@ -125,13 +147,14 @@ def test_shared_prefix_checks_equal_separate_checks(backend, trained_adapter):
     assert list(backend.adapters) == ["engine"]
 
 
-def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backend):
+def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backend, requirement_adapter):
     """One adapter: the output leads a single packed row; a long output is cut once for all checks."""
+    backend.add_adapter(CustomIntrinsicAdapter(model_id=str(requirement_adapter)))
     requirements = [SEED_REQ, "Must be 'connecting_rod'.", None, "Must be 'piston_rings'."]
     for output in ("Rod knock at 3100 RPM.", "Oil burning, blue smoke, low compression. " * 200):
-        shared = backend.check(output, [("engine", r) for r in requirements])
-        backend._model.set_adapter("engine")
-        fmt = backend._formats["engine"]
+        shared = backend.check(output, [("second", r) for r in requirements])
+        backend._model.set_adapter("second")
+        fmt = backend._formats["second"]
         room = min(fmt.room(r) for r in requirements)
         for requirement, got in zip(requirements, shared, strict=True):
             prefix = [fmt.encode(output, requirement, room=room).prefix]
@@ -139,6 +162,7 @@ def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backe
             assert [got.scores.probs[label] for label in fmt.labels] == pytest.approx(
                 alone.tolist(), abs=1e-4
             )
+    backend.remove_adapter("second")
 
 
 def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):

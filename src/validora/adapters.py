@@ -31,6 +31,9 @@ class AdapterInfo:
     prompt: dict[str, Any]  # PromptFormat.describe()
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Trained on examples with a "requirement" field: the requirement text is part of its prompt.
+    # Otherwise it is a classifier of the text alone and a requirement only chooses passing labels.
+    requirements: bool = False
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
 

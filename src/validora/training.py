@@ -408,6 +408,7 @@ class Trainer:
             base_model=self.spec.name,
             labels=self.labels,
             prompt=self.fmt.describe(),
+            requirements=any(e.requirement for e in (*self.train_examples, *self.val_examples)),
             training={**asdict(self.config), "n_train": report.n_train, "n_val": report.n_val},
             metrics={
                 "best_epoch": report.best_epoch,

@@ -124,18 +124,27 @@ class LocalHFBackend:
     def check(self, output: str, checks: Sequence[tuple[str | None, str | None]]) -> list[CheckResult]:
         """Score (adapter name, requirement) checks of one output; None as adapter is the yes/no judge.
 
-        All aLoRA checks and all judge checks share the output's prefix computation.
+        All aLoRA checks and all judge checks share the output's prefix computation. An adapter trained
+        without requirement texts sees the output alone (its training prompt); the requirement then
+        only decides which labels pass, and its checks of one output are one computation.
         """
-        built = []
+        built: dict[tuple[str | None, str | None], Check] = {}
+        keys = []
         for adapter, requirement in checks:
             if adapter is not None and adapter not in self._formats:
                 raise AdapterError(f"No adapter named {adapter!r}; added: {sorted(self._adapters)}.")
+            if adapter is not None and not self._adapters[adapter].info.requirements:
+                requirement = None  # a classifier: its prompt holds the text alone, as in training
             fmt = self._formats[adapter] if adapter is not None else self._judge
-            built.append(Check(adapter, fmt, requirement))
+            keys.append((adapter, requirement))
+            built.setdefault(keys[-1], Check(adapter, fmt, requirement))  # identical prompts once
         alora: dict[str | None, bool] = {None: True}
         alora.update({name: a.is_alora for name, a in self._adapters.items()})
         with self._lock:
-            return score_checks(self._model, output, built, alora=alora)
+            scored = dict(
+                zip(built, score_checks(self._model, output, list(built.values()), alora=alora), strict=True)
+            )
+        return [scored[key] for key in keys]
 
     def labels(self, adapter: str) -> list[str]:
         return list(self._formats[adapter].labels)
