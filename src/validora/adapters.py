@@ -191,6 +191,11 @@ def resolve_adapter_dir(
         from validora.hub import download_adapter
 
         root = download_adapter(text, revision=revision)
+    if root is local and not layouts.candidates(root) and not (root / INFO_FILE).is_file():
+        raise AdapterError(
+            f"{root} is not a validora adapter: it has no {INFO_FILE} "
+            "(nor adapters in <intrinsic_name>/<base_model_name>/<alora|lora>/)."
+        )
     try:
         found = layouts.locate(root, intrinsic_name=intrinsic_name, base_model_name=base_model_name)
     except LookupError as exc:
