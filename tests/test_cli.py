@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from validora.cli import app
@@ -85,3 +86,32 @@ def test_bad_flag_values_are_clear_errors(small_data: Path, tmp_path: Path):
     )
     assert result.exit_code == 2 and "--val-fraction" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_file_uses_each_lines_requirement(trained_adapter: Path, tmp_path: Path):
+    runner = CliRunner()
+    lines = tmp_path / "notes.jsonl"
+    note = "Knock at 3100 RPM."
+    lines.write_text(
+        json.dumps({"item": note, "requirement": "Must be 'connecting_rod'."})
+        + "\n"
+        + json.dumps({"item": note})
+        + "\n"
+    )
+    got = runner.invoke(app, ["alora", "predict", str(trained_adapter), "--file", str(lines), "--jsonl"])
+    assert got.exit_code == 0, got.output
+    with_req, plain = [json.loads(line)["probs"] for line in got.stdout.splitlines()]
+    direct = runner.invoke(
+        app,
+        [
+            "alora",
+            "predict",
+            str(trained_adapter),
+            note,
+            "--requirement",
+            "Must be 'connecting_rod'.",
+            "--jsonl",
+        ],
+    )
+    assert json.loads(direct.stdout)["probs"] == pytest.approx(with_req, abs=1e-5)
+    assert with_req != pytest.approx(plain, abs=1e-5)  # the requirement line really changed the prompt

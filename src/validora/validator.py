@@ -23,10 +23,24 @@ class Validator:
     path: Path
 
     def predict(
-        self, texts: Sequence[str], requirement: str | None = None, *, batch_size: int = 8
+        self,
+        texts: Sequence[str],
+        requirement: str | None = None,
+        *,
+        requirements: Sequence[str | None] | None = None,
+        batch_size: int = 8,
     ) -> list[LabelScores]:
-        """Label probabilities for each text; each text's prefix is computed once for all labels."""
-        return score_items(self.model, self.fmt, texts, requirement, batch_size=batch_size)
+        """Label probabilities for each text; each text's prefix is computed once for all labels.
+
+        `requirements` gives each text its own requirement (None: `requirement`).
+        """
+        reqs = [r if r is not None else requirement for r in requirements or [None] * len(texts)]
+        by_position: dict[int, LabelScores] = {}
+        for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
+            idx = [i for i, r in enumerate(reqs) if r == req]
+            scored = score_items(self.model, self.fmt, [texts[i] for i in idx], req, batch_size=batch_size)
+            by_position.update(zip(idx, scored, strict=True))
+        return [by_position[i] for i in range(len(texts))]
 
     def evaluate(
         self,
@@ -41,14 +55,7 @@ class Validator:
             raise DataError(
                 f"Labels not known to this adapter: {', '.join(unknown)} (it knows {self.fmt.labels})."
             )
-        reqs = list(requirements) if requirements is not None else [None] * len(texts)
-        by_position: dict[int, LabelScores] = {}
-        for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
-            idx = [i for i, r in enumerate(reqs) if r == req]
-            by_position.update(
-                zip(idx, self.predict([texts[i] for i in idx], req, batch_size=batch_size), strict=True)
-            )
-        results = [by_position[i] for i in range(len(texts))]
+        results = self.predict(texts, requirements=requirements, batch_size=batch_size)
         return classification_metrics(gold, [s.label for s in results], self.fmt.labels), results
 
 

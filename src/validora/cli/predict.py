@@ -15,14 +15,14 @@ from validora.cli.display import handles_errors, out
 from validora.errors import ConfigError
 
 
-def _read_texts(path: Path) -> list[str]:
-    """JSONL with an "item" field (by extension), else one text per line; "-" is standard input."""
+def _read_texts(path: Path) -> list[tuple[str, str | None]]:
+    """(text, its requirement) from JSONL ("item", optional "requirement") or one text per line ("-": stdin)."""
     if path.suffix == ".jsonl":
         from validora.data import load_jsonl
 
-        return [e.item for e in load_jsonl(path, labeled=False)]
+        return [(e.item, e.requirement) for e in load_jsonl(path, labeled=False)]
     raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    return [line for line in raw.splitlines() if line.strip()]
+    return [(line, None) for line in raw.splitlines() if line.strip()]
 
 
 @handles_errors
@@ -36,7 +36,10 @@ def predict(
         typer.Option(help='Read texts from a file: .jsonl ("item" field) or one per line; - for stdin.'),
     ] = None,
     requirement: Annotated[
-        str | None, typer.Option(help="Requirement text, for adapters trained with one.")
+        str | None,
+        typer.Option(
+            help='Requirement text, for adapters trained with one (a .jsonl line\'s "requirement" wins).'
+        ),
     ] = None,
     basemodel: Annotated[str | None, typer.Option(help="Override the adapter's base model.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -44,17 +47,18 @@ def predict(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per text on stdout.")] = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
-    items = list(texts or [])
+    pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
     if file is not None:
         if str(file) != "-" and not file.is_file():
             raise ConfigError(f"--file {file} does not exist.")
-        items += _read_texts(file)
+        pairs += _read_texts(file)
+    items = [text for text, _ in pairs]
     if not items:
         raise ConfigError("Nothing to classify: give texts as arguments or --file.")
     from validora.validator import load_validator
 
     validator = load_validator(adapter, basemodel=basemodel, device=device)
-    results = validator.predict(items, requirement, batch_size=batch_size)
+    results = validator.predict(items, requirement, requirements=[r for _, r in pairs], batch_size=batch_size)
     if jsonl:
         for text, r in zip(items, results, strict=True):
             out.print(
