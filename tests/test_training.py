@@ -192,6 +192,9 @@ def test_interrupting_a_real_run_keeps_the_earlier_adapter(trained_adapter: Path
         [sys.executable, "-m", "validora.cli", "alora", "train", str(data), "--outfile", str(target), "--overwrite",
          "--device", "cpu", "--epochs", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True,
+        # A background job (`make test &`, nohup) inherits SIGINT ignored, and Python then keeps it
+        # ignored: start the child with the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     output = ""
     deadline = time.time() + 240
