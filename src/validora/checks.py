@@ -172,7 +172,9 @@ def score_checks(
             started = time.perf_counter()
             with _activate(model, check.adapter):
                 ll = full_loglik(model, check.fmt, [prefixes[i]])
-            results[i] = CheckResult(_scores(check.fmt, ll[0]), time.perf_counter() - started)
+            results[i] = CheckResult(
+                LabelScores.from_loglik(check.fmt.labels, ll[0]), time.perf_counter() - started
+            )
     # Checks whose prompts start alike share one cache (adapter prompts start with the output,
     # judge prompts with the chat template); the common part is computed once per group.
     groups: dict[int, list[int]] = {}
@@ -236,10 +238,5 @@ def _shared_pass(
             fmt = checks[i].fmt
             sums = torch.stack([lp.sum() for lp in row[k : k + len(fmt.labels)]])
             k += len(fmt.labels)
-            out[i] = CheckResult(_scores(fmt, sums), share)
+            out[i] = CheckResult(LabelScores.from_loglik(fmt.labels, sums), share)
     return out
-
-
-def _scores(fmt: Any, loglik: torch.Tensor) -> LabelScores:
-    probs = dict(zip(fmt.labels, torch.softmax(loglik.float(), -1).tolist(), strict=True))
-    return LabelScores(label=max(probs, key=probs.__getitem__), probs=probs)

@@ -380,6 +380,12 @@ class LabelScores:
     def prob(self, labels: Sequence[str]) -> float:
         return math.fsum(self.probs[label] for label in labels)
 
+    @classmethod
+    def from_loglik(cls, labels: Sequence[str], loglik: torch.Tensor) -> LabelScores:
+        """Scores from the K label sequence log-likelihoods of one item."""
+        probs = dict(zip(labels, probabilities(loglik).tolist(), strict=True))
+        return cls(label=max(probs, key=probs.__getitem__), probs=probs)
+
 
 def score_items(
     model: Any,
@@ -400,7 +406,6 @@ def score_items(
             ll = label_loglik(model, fmt, prefill(model, batch, fmt.pad_id))
         else:
             ll = full_loglik(model, fmt, batch)
-        for i, row in zip(idx, probabilities(ll).tolist(), strict=True):
-            probs = dict(zip(fmt.labels, row, strict=True))
-            results[i] = LabelScores(label=max(probs, key=probs.__getitem__), probs=probs)
+        for i, row in zip(idx, ll, strict=True):
+            results[i] = LabelScores.from_loglik(fmt.labels, row)
     return [r for r in results if r is not None]
