@@ -66,4 +66,7 @@ def locate(root: Path, *, intrinsic_name: str | None = None, base_model_name: st
             f"(adapters found: {listing}). Expected {MARKER} at the root or in "
             "<intrinsic_name>/<base_model_name>/<alora|lora>/."
         )
-    raise LookupError(f"This repository holds several adapters ({listing}); choose one with intrinsic_name=.")
+    raise LookupError(
+        f"This repository holds several adapters ({listing}); choose one with intrinsic_name= "
+        "and, if it exists for several base models, base_model_name= (CLI: --intrinsic-name, --base-model)."
+    )
