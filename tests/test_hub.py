@@ -251,3 +251,13 @@ def test_unknown_io_yaml_fields_are_named(adapter, tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"io.yaml:\d+: unknown field 'instructions'"):
         ioyaml.validate(path, LABELS)
+
+
+def test_refused_token_and_unknown_ids_say_what_to_check(hub, adapter, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
+    result = m("upload", adapter, "--name", REPO)
+    assert (
+        result.exit_code != 0 and "HF_TOKEN" in result.stderr and "hf_not_the_right_one" not in result.output
+    )
+    result = m("predict", "checkpoints/engin", "some text")
+    assert result.exit_code != 0 and "No local directory 'checkpoints/engin'" in result.stderr

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from validora.errors import AdapterError
+from validora.errors import AdapterError, HubError
 from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
 
 FORMAT_VERSION = 1
@@ -190,7 +190,10 @@ def resolve_adapter_dir(
     else:
         from validora.hub import download_adapter
 
-        root = download_adapter(text, revision=revision)
+        try:
+            root = download_adapter(text, revision=revision)
+        except HubError as exc:
+            raise HubError(f"No local directory {text!r}, and as a hub id: {exc}") from None
     if root is local and not layouts.candidates(root) and not (root / INFO_FILE).is_file():
         raise AdapterError(
             f"{root} is not a validora adapter: it has no {INFO_FILE} "

@@ -121,8 +121,15 @@ def upload_files(
             repo_id, operations=operations, commit_message=commit_message, revision=revision
         )
     except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        hint = (
+            " The token was refused: check HF_TOKEN (or run `hf auth login`) and that it may write to "
+            f"{repo_id.split('/')[0]}."
+            if status in (401, 403)
+            else ""
+        )
         raise HubError(
-            f"Upload to {repo_id!r} failed: {_reason(exc)}. Your local files are unchanged."
+            f"Upload to {repo_id!r} failed: {_reason(exc)}.{hint} Your local files are unchanged."
         ) from None
     except HubError:
         raise
