@@ -122,7 +122,9 @@ class PromptFormat:
 
     def room(self, requirement: str | None = None) -> int:
         """How many item tokens fit beside this requirement line, the invocation and the longest label."""
-        req_ids = self._ids(self.requirement_line(requirement))
+        return self._room(self._ids(self.requirement_line(requirement)))
+
+    def _room(self, req_ids: list[int]) -> int:
         room = self.max_length - len(self.lead_ids) - len(req_ids) - self.suffix_budget
         if room < 1:
             raise DataError(
@@ -139,7 +141,8 @@ class PromptFormat:
         """
         item_ids = self._item_ids(item)
         req_ids = self._ids(self.requirement_line(requirement))
-        room = min(room, self.room(requirement)) if room is not None else self.room(requirement)
+        own = self._room(req_ids)  # the requirement line is tokenised once
+        room = own if room is None else min(room, own)
         cut = max(0, len(item_ids) - room)
         return Encoded(prefix=[*self.lead_ids, *item_ids[cut:], *req_ids], truncated=cut)
 
