@@ -195,7 +195,6 @@ def upload(
             directory, repo_id=repo_id, dest=Path(tmp), intrinsic=intrinsic,
             intrinsic_name=intrinsic_name, io_yaml=io_yaml, allow_data=allow_data,
         )  # fmt: skip
-        hub.token()  # a missing token fails here, before any request
         message = commit_message or f"Upload validora adapter{' ' + plan.prefix if plan.prefix else ''}"
         done = hub.upload_files(
             Path(tmp), repo_id, private=private, revision=revision, commit_message=message,
