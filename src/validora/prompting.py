@@ -6,6 +6,10 @@
 
 The prefix (item + requirement line) is what the base model computes and what a shared cache holds;
 the suffix (invocation + label + end-of-turn) is where an aLoRA adapter is active.
+
+Item and requirement texts are untrusted: they are tokenised with special-token parsing off, so that
+`<|im_end|>` written in an item is plain text, never a control token (a forged invocation or turn).
+Only the invocation, the labels and the chat template's own scaffolding carry real special tokens.
 """
 
 from __future__ import annotations
@@ -18,10 +22,17 @@ from typing import Any
 
 from validora.errors import ConfigError, DataError
 
-PROMPT_FORMAT_VERSION = 1
+# 2: item and requirement texts are tokenised as plain text (identical ids unless they spell a special
+# token). Adapters written with 1 load and score as before; only newer versions are refused.
+PROMPT_FORMAT_VERSION = 2
 ROLE = "check_requirement"
 GRANITE_INVOCATION = "<|start_of_role|>check_requirement<|end_of_role|>"
 _SENTINEL = "\x00VALIDORA\x00"
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of untrusted text: a special token's spelling in it stays text, never a control token."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def derive_invocation_prompt(tokenizer: Any) -> str:
@@ -112,7 +123,7 @@ class PromptFormat:
         last = self._last_item
         if last is not None and last[0] == item:
             return last[1]
-        ids = self._ids(item)
+        ids = text_ids(self.tokenizer, item)
         self._last_item = (item, ids)
         return ids
 
@@ -122,7 +133,7 @@ class PromptFormat:
 
     def room(self, requirement: str | None = None) -> int:
         """How many item tokens fit beside this requirement line, the invocation and the longest label."""
-        return self._room(self._ids(self.requirement_line(requirement)))
+        return self._room(text_ids(self.tokenizer, self.requirement_line(requirement)))
 
     def _room(self, req_ids: list[int]) -> int:
         room = self.max_length - len(self.lead_ids) - len(req_ids) - self.suffix_budget
@@ -140,7 +151,7 @@ class PromptFormat:
         same place, so that they can share its cache.
         """
         item_ids = self._item_ids(item)
-        req_ids = self._ids(self.requirement_line(requirement))
+        req_ids = text_ids(self.tokenizer, self.requirement_line(requirement))
         own = self._room(req_ids)  # the requirement line is tokenised once
         room = own if room is None else min(room, own)
         cut = max(0, len(item_ids) - room)
@@ -174,43 +185,92 @@ class PromptFormat:
 JUDGE_QUESTION = (
     "Text:\n{item}\n\nRequirement: {requirement}\n\nDoes the text satisfy the requirement? Answer yes or no."
 )
+# The judge's question is cut to this many tokens (the output loses its beginning, as in PromptFormat):
+# the packed mask grows with the square of the prompt, about 4.5 GB for a 30k-token output.
+JUDGE_MAX_LENGTH = 1024
 
 
 class JudgeFormat:
     """The base model as a yes/no judge: the same interface as PromptFormat, labels "yes" and "no".
 
     The text comes first in the question so that several requirements on one output share its prefix.
+    The chat template is rendered around a placeholder: its pieces keep their special tokens, while
+    the output and the requirement are tokenised as plain text (no forged turns).
     """
 
     labels = ("yes", "no")
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, max_length: int = JUDGE_MAX_LENGTH):
         self.tokenizer = tokenizer
-        probe = [{"role": "user", "content": "x"}]
-        self.chat = bool(getattr(tokenizer, "chat_template", None))
-        if self.chat:
-            plain = tokenizer.apply_chat_template(probe, tokenize=False)
-            asking = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-            self.invocation_prompt = asking[len(plain) :] if asking.startswith(plain) else "\nAnswer:"
-        else:
-            self.invocation_prompt = "\nAnswer:"
-        self.invocation_ids = list(tokenizer(self.invocation_prompt, add_special_tokens=False)["input_ids"])
+        self.max_length = max_length
+        self._last_item: tuple[str, list[int]] | None = None
+        scaffold = self._scaffold() if getattr(tokenizer, "chat_template", None) else None
+        self.chat = scaffold is not None
+        head, tail, self.invocation_prompt = scaffold or ("", "", "\nAnswer:")
+        # Without a template, whatever the tokenizer puts in front of every text (BOS) leads.
+        self.head_ids = self._ids(head) if self.chat else list(tokenizer("")["input_ids"])
+        self.tail_ids = self._ids(tail)
+        before_item, self._after_item = JUDGE_QUESTION.split("{item}")
+        self.text_head_ids = self._ids(before_item)
+        self.invocation_ids = self._ids(self.invocation_prompt)
         space = "" if self.chat else " "
         self.label_ids = {
-            label: list(tokenizer(space + word, add_special_tokens=False)["input_ids"])
-            for label, word in zip(self.labels, ("Yes", "No"), strict=True)
+            label: self._ids(space + word) for label, word in zip(self.labels, ("Yes", "No"), strict=True)
         }
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
+        self._fixed = (
+            len(self.head_ids) + len(self.text_head_ids) + len(self.tail_ids) + len(self.invocation_ids)
+            + max(len(v) for v in self.label_ids.values())
+        )  # fmt: skip
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _scaffold(self) -> tuple[str, str, str] | None:
+        """The chat template's text before and after a user message, and its generation header.
+
+        None when the template fails or rewrites the message: the plain question is asked instead.
+        """
+        probe = [{"role": "user", "content": _SENTINEL}]
+        try:
+            plain = self.tokenizer.apply_chat_template(probe, tokenize=False)
+            asking = self.tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            return None
+        if not isinstance(plain, str) or plain.count(_SENTINEL) != 1:
+            return None
+        head, tail = plain.split(_SENTINEL)
+        header = asking[len(plain) :] if asking.startswith(plain) else "\nAnswer:"
+        return head, tail, header
+
+    def _rest_ids(self, requirement: str | None) -> list[int]:
+        return text_ids(self.tokenizer, self._after_item.format(requirement=requirement or ""))
 
     def room(self, requirement: str | None = None) -> int:
-        return 2**62  # the judge never truncates: the base model's own context limit applies
+        """How many of the output's tokens fit in the question beside this requirement."""
+        return self._room(self._rest_ids(requirement))
+
+    def _room(self, rest_ids: list[int]) -> int:
+        room = self.max_length - self._fixed - len(rest_ids)
+        if room < 1:
+            raise DataError(
+                f"The yes/no judge's question is limited to {self.max_length} tokens and the requirement "
+                f"alone takes {len(rest_ids)}; shorten the requirement."
+            )
+        return room
 
     def encode(self, item: str, requirement: str | None = None, *, room: int | None = None) -> Encoded:
-        question = JUDGE_QUESTION.format(item=item, requirement=requirement or "")
-        if self.chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The question's ids; a long output loses its beginning so that the question fits."""
+        last = self._last_item
+        if last is not None and last[0] == item:
+            item_ids = last[1]
         else:
-            ids = self.tokenizer(question)["input_ids"]
-        return Encoded(prefix=list(ids), truncated=0)
+            item_ids = text_ids(self.tokenizer, item)
+            self._last_item = (item, item_ids)
+        rest_ids = self._rest_ids(requirement)
+        own = self._room(rest_ids)
+        room = own if room is None else min(room, own)
+        cut = max(0, len(item_ids) - room)
+        prefix = [*self.head_ids, *self.text_head_ids, *item_ids[cut:], *rest_ids, *self.tail_ids]
+        return Encoded(prefix=prefix, truncated=cut)
