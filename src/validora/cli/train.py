@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from validora.cli.display import (
     RichProgress,
@@ -125,14 +126,27 @@ def train(
         highlight=False,
     )
 
+    from validora.adapters import recover
     from validora.training import Trainer
 
+    recover(outfile)  # leftovers of a killed run first (one warning line), so `before` is what it restored
+    before = _identity(outfile)
     sigterm_as_interrupt()
-    with RichProgress() as progress:
-        trainer = Trainer(config, progress)
-        trainer.setup()
-        report = trainer.train()
-        target = trainer.save()
+    try:
+        with RichProgress() as progress:
+            trainer = Trainer(config, progress)
+            trainer.setup()
+            report = trainer.train()
+            target = trainer.save()
+    except KeyboardInterrupt:
+        # A signal during the final rename is held until it is done: say which adapter --outfile holds.
+        now = _identity(outfile)
+        if now is not None and now != before:
+            said = f"The new adapter had already been written to {outfile}."
+        else:
+            said = f"Nothing was written; {outfile} is as it was."
+        console.print(f"[yellow]Interrupted.[/] {escape(said)}", highlight=False)
+        raise typer.Exit(130) from None
     if json_out:
         out.print_json(json.dumps(report.to_dict()))
         return
@@ -154,3 +168,12 @@ def train(
             "The adapter has not learned; try a higher --learning-rate or more --epochs."
         )
     console.print(f"Adapter written to [bold]{target}[/]")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which directory is at `path` (a swap puts another one there), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
