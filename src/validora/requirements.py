@@ -291,7 +291,7 @@ def _parse(description: str, labels: list[str], mentions: list[_Mention]) -> set
                 refuse(f"{cue!r} in {show(clause)!r} governs no label")
             continue
         if opener in CONDITIONS:
-            refuse(f"a label inside the condition {opener} {show(clause)!r}")
+            refuse(f"a label is inside the condition {opener + ' ' + show(clause)!r}")
         starts = [start] + [spot + 1 for spot in spots[:-1]]
         heads = [_governing(tokens, a, spot) for a, spot in zip(starts, spots, strict=True)]
         for k, spot in enumerate(spots):
