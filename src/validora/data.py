@@ -14,6 +14,8 @@ from validora.errors import DataError, LineProblem
 
 KNOWN_KEYS = frozenset({"item", "label", "requirement"})
 MAX_REPORTED = 20
+TEXT_FORMATS = ("auto", "jsonl", "text")
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -50,51 +52,118 @@ def _check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | N
     )
 
 
+def _read(path: Path) -> bytes:
+    """The file's bytes, or a DataError naming it (missing, a directory, unreadable)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"Data file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a JSONL file.") from None
+    except OSError as exc:
+        raise DataError(f"Cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _decode_lines(raw: bytes, source: str | Path, problems: list[LineProblem]) -> list[tuple[int, str]]:
+    """Non-blank lines as (line number, text); undecodable lines go to `problems` with their number."""
+    lines = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            lines.append((number, line.decode("utf-8").removesuffix("\r")))
+        except UnicodeDecodeError as exc:
+            problems.append(
+                LineProblem(Path(source), number, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8")
+            )
+    return lines
+
+
+def _raise_problems(source: str | Path, problems: list[LineProblem], max_reported: int) -> None:
+    if problems:
+        shown = problems[:max_reported]
+        raise DataError(
+            f"{source}: {len(problems)} bad line(s); nothing was written.", shown, len(problems) - len(shown)
+        )
+
+
+def parse_jsonl(
+    raw: bytes, source: str | Path, *, labeled: bool = True, max_reported: int = MAX_REPORTED
+) -> list[Example]:
+    """Examples from JSONL bytes (`source` names them in messages); see `load_jsonl`."""
+    problems: list[LineProblem] = []
+    if raw.startswith(BOM):
+        problems.append(
+            LineProblem(
+                Path(source), 1, "file starts with a UTF-8 byte-order mark (BOM); save it without one"
+            )
+        )
+        raw = raw[len(BOM) :]
+    examples: list[Example] = []
+    unknown: Counter[str] = Counter()
+    for number, text in _decode_lines(raw, source, problems):
+        example, problem, extra = _check_line(text, labeled)
+        if problem:
+            problems.append(LineProblem(Path(source), number, problem))
+        elif example is not None:
+            examples.append(Example(example.item, example.label, example.requirement, number))
+            unknown.update(extra)
+    _raise_problems(source, problems, max_reported)
+    if not examples:
+        raise DataError(f"{source} holds no examples.")
+    if unknown:
+        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
+        warnings.warn(f"{source}: ignoring unknown field(s) {keys}", stacklevel=3)
+    return examples
+
+
 def load_jsonl(path: str | Path, *, labeled: bool = True, max_reported: int = MAX_REPORTED) -> list[Example]:
     """Load every example, or raise one DataError listing every bad line (up to `max_reported`).
 
     `labeled=False` accepts lines without a label (texts to classify).
     """
     path = Path(path)
+    return parse_jsonl(_read(path), path, labeled=labeled, max_reported=max_reported)
+
+
+def _is_item_object(text: str) -> bool:
     try:
-        raw_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"Data file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a directory, not a JSONL file.") from None
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "item" in obj
+
+
+def load_texts(source: str | Path, raw: bytes | None = None, *, fmt: str = "auto") -> list[Example]:
+    """Texts to classify (label ""), from JSONL ("item", optional "requirement") or one text per line.
+
+    `raw` holds the bytes when they do not come from the file `source` (stdin: source "-").
+    fmt "auto": a `.jsonl` suffix (any case) means JSONL, another file means plain text, and stdin is
+    JSONL when every non-blank line is a JSON object with "item" (plain text when none is; a mix is refused).
+    """
+    if fmt not in TEXT_FORMATS:
+        raise DataError(f"--format must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.")
+    stdin = str(source) == "-"
+    name = "<stdin>" if stdin else source
+    if raw is None:
+        raw = _read(Path(source))
+    if fmt == "auto" and not stdin:
+        fmt = "jsonl" if Path(source).suffix.lower() == ".jsonl" else "text"
+    if fmt == "jsonl":
+        return parse_jsonl(raw, name, labeled=False)
     problems: list[LineProblem] = []
-    if raw_bytes.startswith(b"\xef\xbb\xbf"):
-        problems.append(
-            LineProblem(path, 1, "file starts with a UTF-8 byte-order mark (BOM); save it without one")
-        )
-        raw_bytes = raw_bytes[3:]
-    examples: list[Example] = []
-    unknown: Counter[str] = Counter()
-    for number, line in enumerate(raw_bytes.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(LineProblem(path, number, f"not valid UTF-8 (byte {exc.start + 1})"))
-            continue
-        example, problem, extra = _check_line(text, labeled)
-        if problem:
-            problems.append(LineProblem(path, number, problem))
-        elif example is not None:
-            examples.append(Example(example.item, example.label, example.requirement, number))
-            unknown.update(extra)
-    if problems:
-        shown = problems[:max_reported]
-        raise DataError(
-            f"{path}: {len(problems)} bad line(s); nothing was written.", shown, len(problems) - len(shown)
-        )
-    if not examples:
-        raise DataError(f"{path} holds no examples.")
-    if unknown:
-        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
-        warnings.warn(f"{path}: ignoring unknown field(s) {keys}", stacklevel=2)
-    return examples
+    lines = _decode_lines(raw.removeprefix(BOM), name, problems)
+    _raise_problems(name, problems, MAX_REPORTED)
+    if fmt == "auto":  # stdin
+        jsonish = [number for number, text in lines if _is_item_object(text)]
+        if lines and len(jsonish) == len(lines):
+            return parse_jsonl(raw, name, labeled=False)
+        if jsonish:
+            raise DataError(
+                f"{name} mixes JSONL lines (for example line {jsonish[0]}) with plain text; "
+                "pass --format jsonl or --format text."
+            )
+    return [Example(text, "", None, number) for number, text in lines]
 
 
 def labels_of(examples: Sequence[Example]) -> list[str]:
@@ -102,34 +171,85 @@ def labels_of(examples: Sequence[Example]) -> list[str]:
     return list(dict.fromkeys(e.label for e in examples))
 
 
+def _groups(examples: Sequence[Example]) -> list[list[Example]]:
+    """Examples with the same item and requirement, in order of first appearance: one unit of the split."""
+    by_key: dict[tuple[str, str], list[Example]] = {}
+    for e in examples:
+        by_key.setdefault((e.item, e.requirement or ""), []).append(e)
+    return list(by_key.values())
+
+
+def _warn_conflicts(groups: Sequence[Sequence[Example]]) -> None:
+    conflicts = [g for g in groups if len({e.label for e in g}) > 1]
+    if not conflicts:
+        return
+    shown = [
+        f"lines {', '.join(str(e.line) for e in g)} ({', '.join(repr(label) for label in labels_of(g))})"
+        for g in conflicts[:MAX_REPORTED]
+    ]
+    more = f"; and {len(conflicts) - len(shown)} more" if len(conflicts) > len(shown) else ""
+    warnings.warn(
+        f"{len(conflicts)} item(s) appear with conflicting labels: {'; '.join(shown)}{more}. "
+        "Each is kept in one split under its most frequent label; fix or drop them.",
+        stacklevel=3,
+    )
+
+
+def _majority(group: Sequence[Example]) -> str:
+    """The group's most frequent label (the first seen on a tie): the stratum it is split in."""
+    counts = Counter(e.label for e in group)
+    return max(labels_of(group), key=lambda label: counts[label])
+
+
 def stratified_split(
     examples: Sequence[Example], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Example], list[Example]]:
-    """Seeded split keeping each label's share; every label gets at least one validation example."""
+    """Seeded split keeping each label's share; every label gets at least one validation example.
+
+    Identical items (same text and requirement) stay together on one side, so repeated examples cannot
+    inflate validation metrics; items seen with different labels are warned about with their line numbers.
+    Without duplicates the split is the one earlier versions gave for the same seed.
+    """
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}.")
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_label[e.label].append(e)
-    if len(by_label) < 2:
-        raise DataError(
-            f"The data has only one label ({next(iter(by_label))!r}); a classifier needs at least two."
-        )
-    small = {label: len(v) for label, v in by_label.items() if len(v) < 2}
+    labels = labels_of(examples)
+    if len(labels) < 2:
+        raise DataError(f"The data has only one label ({labels[0]!r}); a classifier needs at least two.")
+    groups = _groups(examples)
+    _warn_conflicts(groups)
+    by_label: dict[str, list[list[Example]]] = defaultdict(list)
+    for g in groups:
+        by_label[_majority(g)].append(g)
+    small = {label: len(by_label[label]) for label in labels if len(by_label[label]) < 2}
     if small:
         raise DataError(
-            "Every label needs at least 2 examples (one to train on, one to validate): "
+            "Every label needs at least 2 examples (one to train on, one to validate; a repeated item counts once): "
             + ", ".join(f"{label!r} has {n}" for label, n in small.items())
         )
     rng = random.Random(seed)
     train: list[Example] = []
     val: list[Example] = []
     for label in sorted(by_label):
-        group = list(by_label[label])
-        rng.shuffle(group)
-        n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
-        val.extend(group[:n_val])
-        train.extend(group[n_val:])
+        stratum = list(by_label[label])
+        rng.shuffle(stratum)
+        n = sum(map(len, stratum))
+        target = min(n - 1, max(1, round(n * val_fraction)))
+        chosen: set[int] = set()
+        held = 0
+        for i, g in enumerate(stratum):  # without duplicates: the first `target` examples
+            if held + len(g) <= target:
+                chosen.add(i)
+                held += len(g)
+        if not chosen:  # every group is larger than the share: hold out the smallest
+            chosen.add(min(range(len(stratum)), key=lambda i: len(stratum[i])))
+        for i, g in enumerate(stratum):
+            (val if i in chosen else train).extend(g)
+    missing = [label for label in labels if not any(e.label == label for e in val)]
+    if missing:
+        raise DataError(
+            f"No validation example is left for {', '.join(map(repr, missing))}: its items also carry "
+            "another label (see the warning). Fix the conflicting labels."
+        )
     rng.shuffle(train)
     rng.shuffle(val)
     return train, val
