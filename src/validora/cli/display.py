@@ -104,7 +104,10 @@ def metrics_tables(metrics: Any, title: str) -> list[Table]:
 
 
 def sigterm_as_interrupt() -> None:
-    """`kill` gets the same clean exit as Ctrl-C: the earlier adapter stays, the staging directory goes."""
+    """`kill` gets the same clean exit as Ctrl-C: the earlier adapter stays, the staging directory goes.
+
+    During the final swap of the adapter directory both signals wait until it is done (see adapters.py).
+    """
     import signal
 
     def handler(signum: int, frame: object) -> None:
