@@ -313,7 +313,7 @@ def test_too_little_free_space_is_refused_at_setup(tmp_path: Path, monkeypatch):
 )
 def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_earlier_adapter(tmp_path: Path, error):
     target = make_adapter(tmp_path / "adapter")
-    kept = "earlier adapter there is kept"
+    kept = "earlier adapter there is kept. The disk is full: free some space"
     with (
         pytest.raises(AdapterError, match=kept),
         adapters.staged_directory(target, overwrite=True) as staging,

@@ -9,6 +9,7 @@ directory it works on, so leftovers of a run still in progress are never touched
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -265,9 +266,11 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
             kept = _keep_user_files(target, staging)
         except Exception as exc:
             if isinstance(exc, OSError) or _disk_full(exc):
+                full = _disk_full(exc) or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
                 raise AdapterError(
                     f"Could not write the adapter beside {target}: {exc}. "
-                    f"{'The earlier adapter there is kept.' if target.exists() else 'Nothing was written.'}"
+                    + ("The earlier adapter there is kept." if target.exists() else "Nothing was written.")
+                    + (" The disk is full: free some space and train again." if full else "")
                 ) from exc
             raise
         _swap_into_place(staging, target)
@@ -279,8 +282,7 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-        if lock is not None:
-            os.close(lock)
+        _unlock(lock)
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -336,7 +338,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
                 raise
             shutil.rmtree(old, ignore_errors=True)
         finally:
-            os.close(lock)
+            _unlock(lock)
 
 
 @contextmanager
@@ -373,24 +375,33 @@ def _pause_for_tests(moment: str) -> None:
 
 
 def _lock(directory: Path) -> int | None:
-    """An open descriptor holding an exclusive flock on `directory`; None if another process holds one.
+    """An open descriptor holding an exclusive flock on `directory`, or None if another process holds one.
 
     The lock follows the directory through renames and ends with the process, however it ends.
+    -1 where no lock can be taken (no flock on this system or file system): nothing is judged stale then.
     """
     try:
         import fcntl
-    except ImportError:  # Windows: no leftover is ever judged stale
-        return None
+    except ImportError:
+        return -1
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
-        return None
+        return -1
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:
+        os.close(fd)
+        return -1
     return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        os.close(fd)
 
 
 def _leftovers(target: Path) -> list[Path]:
@@ -417,7 +428,7 @@ def recover(target: str | Path) -> str | None:
     are old copies whose files `target` holds. Directories another live process holds are left alone.
     """
     target = Path(target)
-    held = [(p, fd) for p in _leftovers(target) if (fd := _lock(p)) is not None]
+    held = [(p, fd) for p in _leftovers(target) if (fd := _lock(p)) is not None and fd >= 0]
     done: list[str] = []
     try:
         olds = [p for p, _ in held if p.name.startswith(f".{target.name}.old-")]
