@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from validora.adapters import AdapterInfo, attach, prompt_format, resolve_adapter_dir
-from validora.errors import DataError
+from validora.errors import ConfigError, DataError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
 from validora.prompting import PromptFormat
@@ -34,6 +34,9 @@ class Validator:
 
         `requirements` gives each text its own requirement (None: `requirement`).
         """
+        check_batch_size(batch_size)
+        if requirements is not None and len(requirements) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(requirements)} requirements; give one per text.")
         reqs = [r if r is not None else requirement for r in requirements or [None] * len(texts)]
         by_position: dict[int, LabelScores] = {}
         for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
@@ -50,6 +53,9 @@ class Validator:
         *,
         batch_size: int = 8,
     ) -> tuple[Metrics, list[LabelScores]]:
+        check_batch_size(batch_size)
+        if len(gold) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(gold)} gold labels; give one per text.")
         unknown = sorted(set(gold) - set(self.fmt.labels))
         if unknown:
             raise DataError(
@@ -59,15 +65,25 @@ class Validator:
         return classification_metrics(gold, [s.label for s in results], self.fmt.labels), results
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A batch size below 1 would score nothing (or fail deep inside scoring): refuse it by name."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a whole number of at least 1, not {batch_size!r}.")
+
+
 def load_validator(
     path: str | Path,
     *,
     basemodel: str | None = None,
     device: str = "auto",
     loaded: LoadedModel | None = None,
+    revision: str | None = None,
 ) -> Validator:
-    """Load an adapter (directory or hub id) onto its base model (or `basemodel`, which must tokenize identically)."""
-    path, _ = resolve_adapter_dir(path)
+    """Load an adapter (directory or hub id) onto its base model (or `basemodel`, which must tokenize identically).
+
+    `revision` (branch, tag or commit) applies to a hub id.
+    """
+    path, _ = resolve_adapter_dir(path, revision=revision)
     info = AdapterInfo.read(path)
     loaded = loaded or load_base_model(basemodel or info.base_model, device=device)
     fmt = prompt_format(info, loaded.tokenizer)

@@ -15,14 +15,17 @@ from validora.cli.display import handles_errors, out
 from validora.errors import ConfigError
 
 
-def _read_texts(path: Path) -> list[tuple[str, str | None]]:
-    """(text, its requirement) from JSONL ("item", optional "requirement") or one text per line ("-": stdin)."""
-    if path.suffix == ".jsonl":
-        from validora.data import load_jsonl
+def _read_texts(path: Path, fmt: str) -> list[tuple[str, str | None]]:
+    """(text, its requirement) from --file: JSONL ("item", optional "requirement") or one text per line."""
+    from validora.data import load_texts
 
-        return [(e.item, e.requirement) for e in load_jsonl(path, labeled=False)]
-    raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    return [(line, None) for line in raw.splitlines() if line.strip()]
+    if str(path) == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        raw = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8")
+        examples = load_texts("-", raw, fmt=fmt)
+    else:
+        examples = load_texts(path, fmt=fmt)
+    return [(e.item, e.requirement) for e in examples]
 
 
 @handles_errors
@@ -33,8 +36,19 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[
         Path | None,
-        typer.Option(help='Read texts from a file: .jsonl ("item" field) or one per line; - for stdin.'),
+        typer.Option(
+            help='Read texts from a file: JSONL ("item", optional "requirement") or one text per line; '
+            "- for stdin. See --format.",
+        ),
     ] = None,
+    text_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="How to read --file: auto (a .jsonl suffix, any case, means JSONL, other files plain text; "
+            'stdin is JSONL when every non-blank line is a JSON object with "item"), jsonl or text.',
+        ),
+    ] = "auto",
     requirement: Annotated[
         str | None,
         typer.Option(
@@ -43,21 +57,26 @@ def predict(
     ] = None,
     basemodel: Annotated[str | None, typer.Option(help="Override the adapter's base model.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Items scored per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items scored per forward pass (at least 1).")] = 8,
+    revision: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit, when ADAPTER is a hub id.")
+    ] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per text on stdout.")] = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
     pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
     if file is not None:
-        if str(file) != "-" and not file.is_file():
+        if str(file) != "-" and not file.exists():
             raise ConfigError(f"--file {file} does not exist.")
-        pairs += _read_texts(file)
+        if file.is_dir():
+            raise ConfigError(f"--file {file} is a directory; give a text or JSONL file.")
+        pairs += _read_texts(file, text_format)
     items = [text for text, _ in pairs]
     if not items:
         raise ConfigError("Nothing to classify: give texts as arguments or --file.")
     from validora.validator import load_validator
 
-    validator = load_validator(adapter, basemodel=basemodel, device=device)
+    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
     results = validator.predict(items, requirement, requirements=[r for _, r in pairs], batch_size=batch_size)
     if jsonl:
         for text, r in zip(items, results, strict=True):
