@@ -392,8 +392,8 @@ def _python_result(requirement: Requirement, output: str) -> ValidationResult:
 
 def validate_output(backend: Any, output: str, requirements: Sequence[Requirement]) -> list[ValidationResult]:
     """Judge one output against every requirement; all model checks share one prefix computation."""
-    use_adapters = bool(backend.adapters) and backend.default_to_constraint_checking_alora
-    label_sets = {name: backend.labels(name) for name in backend.adapters}
+    label_sets = backend.adapter_labels()  # one snapshot, taken under the backend's lock
+    use_adapters = bool(label_sets) and backend.default_to_constraint_checking_alora
     plans: list[tuple[str | None, set[str]] | None] = []
     for r in requirements:
         if r.validation_fn is not None:

@@ -14,7 +14,7 @@ from validora.adapters import CustomIntrinsicAdapter, attach, base_key, prompt_f
 from validora.checks import Check, CheckResult, score_checks
 from validora.errors import AdapterError, ConfigError
 from validora.models import load_base_model
-from validora.prompting import JudgeFormat, PromptFormat
+from validora.prompting import JUDGE_MAX_LENGTH, JudgeFormat, PromptFormat
 from validora.scoring import base_model_only
 
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "top_p", "seed"})
@@ -59,13 +59,25 @@ class LocalHFBackend:
         self._model: Any = self._loaded.model
         self._adapters: dict[str, CustomIntrinsicAdapter] = {}
         self._formats: dict[str, PromptFormat] = {}
-        self._judge = JudgeFormat(self.tokenizer)
+        context = getattr(self._model.config, "max_position_embeddings", None) or JUDGE_MAX_LENGTH
+        self._judge = JudgeFormat(self.tokenizer, max_length=min(JUDGE_MAX_LENGTH, int(context)))
         self._lock = threading.RLock()
 
     # ----- adapters ----------------------------------------------------------------------------------
     @property
     def adapters(self) -> dict[str, CustomIntrinsicAdapter]:
-        return dict(self._adapters)
+        with self._lock:
+            return dict(self._adapters)
+
+    def adapter_labels(self) -> dict[str, list[str]]:
+        """Every added adapter's labels, read at one moment: what routing a set of checks sees."""
+        with self._lock:
+            return {name: list(fmt.labels) for name, fmt in self._formats.items()}
+
+    def _missing(self, name: str) -> AdapterError:
+        return AdapterError(
+            f"No adapter named {name!r} (it was removed, or never added); added: {sorted(self._adapters)}."
+        )
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
         if base_key(adapter.info.base_model) != base_key(self.model_id):
@@ -83,10 +95,16 @@ class LocalHFBackend:
             self._formats[adapter.name] = fmt
 
     def remove_adapter(self, name: str) -> None:
+        """Remove an adapter; without adapters left the backend runs the plain base model again."""
         with self._lock:
             if name not in self._adapters:
-                raise AdapterError(f"No adapter named {name!r}; added: {sorted(self._adapters)}.")
-            self._model.delete_adapter(name)
+                raise self._missing(name)
+            if len(self._adapters) == 1:
+                # A PEFT wrapper without adapters still points at the deleted one (KeyError on every
+                # forward): take its LoRA layers out and keep the plain base model.
+                self._model = self._model.unload()
+            else:
+                self._model.delete_adapter(name)
             del self._adapters[name], self._formats[name]
 
     # ----- generation --------------------------------------------------------------------------------
@@ -128,23 +146,26 @@ class LocalHFBackend:
         without requirement texts sees the output alone (its training prompt); the requirement then
         only decides which labels pass, and its checks of one output are one computation.
         """
-        built: dict[tuple[str | None, str | None], Check] = {}
-        keys = []
-        for adapter, requirement in checks:
-            if adapter is not None and adapter not in self._formats:
-                raise AdapterError(f"No adapter named {adapter!r}; added: {sorted(self._adapters)}.")
-            if adapter is not None and not self._adapters[adapter].info.requirements:
-                requirement = None  # a classifier: its prompt holds the text alone, as in training
-            fmt = self._formats[adapter] if adapter is not None else self._judge
-            keys.append((adapter, requirement))
-            built.setdefault(keys[-1], Check(adapter, fmt, requirement))  # identical prompts once
-        alora: dict[str | None, bool] = {None: True}
-        alora.update({name: a.is_alora for name, a in self._adapters.items()})
-        with self._lock:
+        with self._lock:  # the adapter tables and the model change together under this lock
+            built: dict[tuple[str | None, str | None], Check] = {}
+            keys = []
+            for adapter, requirement in checks:
+                if adapter is not None and adapter not in self._formats:
+                    raise self._missing(adapter)
+                if adapter is not None and not self._adapters[adapter].info.requirements:
+                    requirement = None  # a classifier: its prompt holds the text alone, as in training
+                fmt = self._formats[adapter] if adapter is not None else self._judge
+                keys.append((adapter, requirement))
+                built.setdefault(keys[-1], Check(adapter, fmt, requirement))  # identical prompts once
+            alora: dict[str | None, bool] = {None: True}
+            alora.update({name: a.is_alora for name, a in self._adapters.items()})
             scored = dict(
                 zip(built, score_checks(self._model, output, list(built.values()), alora=alora), strict=True)
             )
         return [scored[key] for key in keys]
 
     def labels(self, adapter: str) -> list[str]:
-        return list(self._formats[adapter].labels)
+        with self._lock:
+            if adapter not in self._formats:
+                raise self._missing(adapter)
+            return list(self._formats[adapter].labels)
