@@ -6,6 +6,7 @@ Everything goes through the real huggingface_hub client and the real CLI, agains
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,57 @@ def test_refused_token_and_unknown_ids_say_what_to_check(hub, adapter, monkeypat
     )
     result = m("predict", "checkpoints/engin", "some text")
     assert result.exit_code != 0 and "No local directory 'checkpoints/engin'" in result.stderr
+
+
+def test_layout_rules_read_a_listing_like_a_directory(tmp_path):
+    paths = ["README.md", "data.jsonl", "new_one/SmolLM2-135M-Instruct/alora/validora.json",
+             "new_one/SmolLM2-135M-Instruct/alora/io.yaml", "new_one/SmolLM2-135M-Instruct/alora/opt.pt",
+             "new_one/SmolLM2-135M-Instruct/lora/validora.json", "old_one/lora/granite/validora.json",
+             "new_one/SmolLM2-135M-Instruct/alora/sub/x.json"]  # fmt: skip
+    for rel in paths:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    for names in ({"intrinsic_name": "new_one"}, {"base_model_name": "org/granite"}):
+        found = layouts.choose(paths, **names)
+        assert layouts.locate(tmp_path, **names) == replace(found, path=tmp_path / found.path)
+    assert layouts.files_of(paths, layouts.choose(paths, intrinsic_name="new_one")) == [
+        "new_one/SmolLM2-135M-Instruct/alora/io.yaml",
+        "new_one/SmolLM2-135M-Instruct/alora/validora.json",
+    ]
+    with pytest.raises(LookupError, match="several adapters"):
+        layouts.choose(paths)
+    assert layouts.choose(["validora.json", *paths]).path == Path(".")
+
+
+def test_download_fetches_only_the_chosen_adapter_and_works_offline(hub, adapter, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "repo"
+    folders = {name: f"{name}/SmolLM2-135M-Instruct/alora" for name in ("first", "second")}
+    for folder in folders.values():
+        shutil.copytree(adapter, repo / folder, ignore=shutil.ignore_patterns("*.png"))
+    (repo / folders["first"] / "io.yaml").write_text(ioyaml.generate(AdapterInfo.read(adapter)))
+    (repo / folders["first"] / "optimizer.pt").write_bytes(b"\x80\x04pickle")
+    (repo / "data.jsonl").write_text('{"item": "secret", "label": "no_failure"}\n')
+    (repo / "model.pkl").write_bytes(b"\x80\x04pickle")
+    HfApi().create_repo(REPO)
+    HfApi().upload_folder(repo_id=REPO, folder_path=repo)
+
+    result = m("download", REPO, "--intrinsic-name", "first")
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    snapshot = path.parents[2]
+    expected = {f"{folders['first']}/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                    "io.yaml", "metrics.json", "validora.json")}  # fmt: skip
+    assert {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()} == expected
+    assert not [p for _, p in hub.requests if "/resolve/" in p and not p.endswith(tuple(expected))]
+    assert CustomIntrinsicAdapter(model_id=REPO, intrinsic_name="first").path == path
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the cached listing and snapshot suffice
+    before = len(hub.requests)
+    assert CustomIntrinsicAdapter(model_id=REPO, intrinsic_name="first").path == path
+    result = m("download", REPO)  # the cached listing still knows both adapters
+    assert result.exit_code != 0 and "several adapters" in result.stderr
+    result = m("download", REPO, "--intrinsic-name", "second")  # listed, never downloaded
+    assert result.exit_code != 0 and "not in the local Hugging Face cache" in result.stderr
+    assert len(hub.requests) == before

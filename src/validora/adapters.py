@@ -534,7 +534,9 @@ def resolve_adapter_dir(
         from validora.hub import download_adapter
 
         try:
-            root = download_adapter(text, revision=revision)
+            root = download_adapter(
+                text, revision=revision, intrinsic_name=intrinsic_name, base_model_name=base_model_name
+            )
         except HubError as exc:
             raise HubError(f"No local directory {text!r}, and as a hub id: {exc}") from None
     if root is local and not layouts.candidates(root) and not (root / INFO_FILE).is_file():

@@ -11,16 +11,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.errors import HubError
+from validora import layouts
+from validora.errors import AdapterError, HubError
 
 
-def download_adapter(repo_id: str, *, revision: str | None = None) -> Path:
-    """A local snapshot of an adapter repository; the cache is honoured and HF_HUB_OFFLINE works once cached."""
+def download_adapter(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    intrinsic_name: str | None = None,
+    base_model_name: str | None = None,
+) -> Path:
+    """A local snapshot holding the chosen adapter's files, and no other file of the repository.
+
+    The repository is listed first and the adapter chosen by the layouts rules, so other adapters,
+    pickles and data files never reach the disk. Offline (HF_HUB_OFFLINE) or with the Hub unreachable,
+    the listing cached by an earlier download is used; the cache is honoured either way.
+    """
+    import glob
+
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        files = _listing(repo_id, revision)
+        if files is None:  # cached by a client that kept no listing: the snapshot as it is
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        try:
+            found = layouts.choose(files, intrinsic_name=intrinsic_name, base_model_name=base_model_name)
+        except LookupError as exc:
+            raise AdapterError(f"{repo_id}: {exc}") from None
+        wanted = [glob.escape(f) for f in layouts.files_of(files, found)]  # exact names, not patterns
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted))
     except LocalEntryNotFoundError:
         raise HubError(
             f"Adapter {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
@@ -32,8 +54,31 @@ def download_adapter(repo_id: str, *, revision: str | None = None) -> Path:
         ) from None
     except RevisionNotFoundError:
         raise HubError(f"Repository {repo_id!r} has no revision {revision!r}.") from None
+    except AdapterError:
+        raise
     except Exception as exc:  # network errors
         raise HubError(f"Could not download adapter {repo_id!r}: {_reason(exc)}") from None
+
+
+def _listing(repo_id: str, revision: str | None) -> list[str] | None:
+    """Every file path of the repository: from the Hub, else from the cache's listing, else None."""
+    import httpx2
+    from huggingface_hub import HfApi, get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        return HfApi().list_repo_files(repo_id, revision=revision)
+    except RepositoryNotFoundError:  # includes gated repositories; RevisionNotFoundError is raised too
+        raise
+    except HfHubHTTPError as exc:
+        if getattr(exc.response, "status_code", None) in (401, 403, 404):
+            raise
+    except (OSError, httpx2.TransportError):  # offline mode (a ConnectionError), no network, timeouts
+        pass
+    try:
+        return [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
+    except CachedRepoTreeNotFoundError:
+        return None
 
 
 def token() -> str:

@@ -2,21 +2,28 @@
 
 The Granite intrinsics repositories hold `<intrinsic_name>/<base_model_name>/<alora|lora>/`; older
 ones `<intrinsic_name>/<alora|lora>/<base_model_name>/`. Both are found when loading; uploads write
-the current one.
+the current one. The rules work on a list of repository paths (a Hub listing, before anything is
+downloaded) and on a directory (a local copy or a snapshot) alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 KINDS = ("alora", "lora")
 MARKER = "validora.json"
+# Never part of an adapter: pickles (validora loads safetensors only) and files that look like data.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+DATA_SUFFIXES = frozenset(
+    {".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".feather", ".xlsx", ".gz", ".zip"}
+)
 
 
 @dataclass(frozen=True)
 class Located:
-    path: Path
+    path: Path  # the adapter's folder: under the root given to locate(), or relative for choose()
     intrinsic_name: str | None  # None: plain layout
     base_model_name: str | None
     kind: str | None
@@ -30,23 +37,43 @@ def _key(name: str) -> str:
     return Path(name.rstrip("/")).name.lower()
 
 
-def candidates(root: Path) -> list[Located]:
-    """Every adapter in a repository snapshot, in either intrinsics layout."""
+def _candidates(paths: Iterable[str]) -> list[Located]:
+    """The intrinsics-layout adapters among repository paths (folders relative to the root)."""
     found = []
-    for marker in sorted(root.glob(f"*/*/*/{MARKER}")):
-        intrinsic, a, b = marker.parent.relative_to(root).parts
+    for path in sorted(paths):
+        parts = PurePosixPath(path).parts
+        if len(parts) != 4 or parts[3] != MARKER:
+            continue
+        intrinsic, a, b = parts[:3]
         if b in KINDS:
-            found.append(Located(marker.parent, intrinsic, a, b))
+            found.append(Located(Path(*parts[:3]), intrinsic, a, b))
         elif a in KINDS:
-            found.append(Located(marker.parent, intrinsic, b, a))
+            found.append(Located(Path(*parts[:3]), intrinsic, b, a))
     return found
 
 
-def locate(root: Path, *, intrinsic_name: str | None = None, base_model_name: str | None = None) -> Located:
-    """The one adapter a snapshot holds for these names; aLoRA is preferred over LoRA for the same pair."""
-    if (root / MARKER).is_file():
-        return Located(root, None, None, None)
-    found = candidates(root)
+def _markers(root: Path) -> list[str]:
+    found = [p.relative_to(root).as_posix() for p in root.glob(f"*/*/*/{MARKER}")]
+    return [*found, MARKER] if (root / MARKER).is_file() else found
+
+
+def candidates(root: Path) -> list[Located]:
+    """Every adapter in a repository snapshot, in either intrinsics layout."""
+    return [replace(c, path=root / c.path) for c in _candidates(_markers(root))]
+
+
+def choose(
+    paths: Iterable[str], *, intrinsic_name: str | None = None, base_model_name: str | None = None
+) -> Located:
+    """The one adapter a repository listing holds for these names (path relative to the root).
+
+    aLoRA is preferred over LoRA for the same pair; raises LookupError naming what exists.
+    """
+    paths = list(paths)
+    if MARKER in paths:
+        return Located(Path("."), None, None, None)
+    every = _candidates(paths)
+    found = every
     if intrinsic_name:
         found = [c for c in found if c.intrinsic_name == intrinsic_name]
     if base_model_name:
@@ -54,7 +81,7 @@ def locate(root: Path, *, intrinsic_name: str | None = None, base_model_name: st
     pairs = {(c.intrinsic_name, _key(c.base_model_name or "")) for c in found}
     if len(pairs) == 1:
         return min(found, key=lambda c: KINDS.index(c.kind or "lora"))
-    listing = ", ".join(str(c.path.relative_to(root)) for c in candidates(root)) or "none"
+    listing = ", ".join(c.path.as_posix() for c in every) or "none"
     if not found:
         wanted = " and ".join(
             f"{what} {name!r}"
@@ -70,3 +97,22 @@ def locate(root: Path, *, intrinsic_name: str | None = None, base_model_name: st
         f"This repository holds several adapters ({listing}); choose one with intrinsic_name= "
         "and, if it exists for several base models, base_model_name= (CLI: --intrinsic-name, --base-model)."
     )
+
+
+def locate(root: Path, *, intrinsic_name: str | None = None, base_model_name: str | None = None) -> Located:
+    """The one adapter a snapshot directory holds for these names (the rules of choose())."""
+    found = choose(_markers(root), intrinsic_name=intrinsic_name, base_model_name=base_model_name)
+    return replace(found, path=root / found.path)
+
+
+def is_adapter_file(path: str) -> bool:
+    """False for files an adapter never needs: hidden ones, pickles, data."""
+    p = PurePosixPath(path)
+    suffixes = {s.lower() for s in p.suffixes}
+    return not p.name.startswith(".") and not suffixes & (PICKLE_SUFFIXES | DATA_SUFFIXES)
+
+
+def files_of(paths: Iterable[str], found: Located) -> list[str]:
+    """The repository files that make up a chosen adapter: those directly in its folder (io.yaml included)."""
+    folder = PurePosixPath(found.path.as_posix())
+    return sorted(p for p in paths if PurePosixPath(p).parent == folder and is_adapter_file(p))
