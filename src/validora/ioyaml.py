@@ -7,6 +7,7 @@ line numbers, so that a broken or inconsistent file never reaches the Hub.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,31 @@ def response_schema(labels: list[str]) -> dict[str, Any]:
     return {"type": "string", "enum": list(labels)}
 
 
+# What YAML reads as a line break (U+0085, U+2028, U+2029) or refuses outright (C1 and other controls,
+# lone surrogates, U+FFFE/U+FFFF); a BOM is escaped too. JSON escapes what remains below U+0020.
+_NOT_YAML_TEXT = re.compile(
+    "[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029\ufeff]"
+)
+
+
+def json_line(value: Any) -> str:
+    """`value` as JSON on one line that YAML keeps intact: any string round-trips through the file."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _NOT_YAML_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def generate(info: AdapterInfo) -> str:
-    """A correct io.yaml for this adapter: its answer is exactly one label."""
-    schema = json.dumps(response_schema(info.labels), ensure_ascii=False)
+    """A correct io.yaml for this adapter: its answer is exactly one label.
+
+    It names the base model by reports.public_name(), so it never holds a local path.
+    """
+    from validora.reports import public_name
+
+    schema = json_line(response_schema(info.labels))
     longest = max(len(ids) for ids in info.prompt.get("label_ids", {}).values() or [[0] * 8])
+    about = json_line(f"{info.adapter_type} adapter on {public_name(info.base_model)}")[1:-1]
     return f"""\
-# io.yaml of a validora {info.adapter_type} adapter on {info.base_model}.
+# io.yaml of a validora {about}.
 # The answer is exactly one label; validora scores every label by its likelihood.
 # Model name, or null to use the one in the request.
 model: null

@@ -7,20 +7,19 @@ before the first request, so a refused upload sends nothing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from validora import hub, ioyaml, layouts, reports
 from validora.adapters import CONFIG_FILE, INFO_FILE, AdapterInfo
 from validora.errors import AdapterError, HubError
+from validora.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
 
-DATA_SUFFIXES = frozenset(
-    {".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".feather", ".xlsx", ".gz", ".zip"}
-)
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 MAX_OTHER_BYTES = 10 * 1024 * 1024  # anything this large that is not weights is probably data
 MEMORISATION_WARNING = (
     "This repository will be PUBLIC. Small models fine-tuned on small domain datasets can memorise "
@@ -53,6 +52,19 @@ def adapter_files(directory: Path) -> list[Path]:
     ]
 
 
+def symlinks(directory: Path) -> list[str]:
+    """Symbolic links an upload would meet (hidden folders aside), shown as `link -> target`.
+
+    Every link is refused, not only those leaving the directory: a link to a hidden file or to a
+    file of the Hugging Face cache would publish what the user never put in the adapter.
+    """
+    return [
+        f"{p.relative_to(directory)} -> {os.readlink(p)}"
+        for p in sorted(directory.rglob("*"))
+        if p.is_symlink() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    ]
+
+
 def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list[str]]:
     """(pickled weights, which are never published; files that look like training data, unless allowed)."""
     pickles, data = [], []
@@ -70,25 +82,61 @@ def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list
     return pickles, data
 
 
-def _public_json(path: Path, info: AdapterInfo) -> bytes:
-    """validora.json / adapter_config.json without this machine's paths (home directories, data files)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if path.name == CONFIG_FILE:
-        data["base_model_name_or_path"] = reports.hub_base_model(info.base_model)
-    if path.name == INFO_FILE:
-        # The alias stays (it loads the embedded model); an absolute path keeps only its last part.
-        data["base_model"] = _no_path(data["base_model"])
-        training = data.get("training", {})
-        if isinstance(training.get("basemodel"), str):
-            training["basemodel"] = _no_path(training["basemodel"])
-        for key in ("datafile", "outfile", "promptfile"):
-            if isinstance(training.get(key), str):
-                training[key] = Path(training[key]).name
+# Keys whose values are model or file locations, wherever they sit in validora.json, adapter_config.json
+# and metrics.json; each is published through reports.public_name().
+SCRUBBED_FILES = (INFO_FILE, CONFIG_FILE, "metrics.json")
+PATH_KEYS = frozenset(
+    {"base_model", "basemodel", "base_model_name_or_path", "datafile", "outfile", "promptfile"}
+)
+
+
+def scrub(value: Any, removed: set[str]) -> Any:
+    """`value` with every path-valued key made public; the directory parts taken away go into `removed`."""
+    if isinstance(value, list):
+        return [scrub(v, removed) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if key in PATH_KEYS and isinstance(v, str):
+            out[key] = reports.public_name(v)
+            folder = v.rstrip("/\\")[: -len(out[key]) or None].rstrip("/\\")
+            if re.search(r"[/\\]", folder.strip("/\\")):  # two levels or more: specific enough to look for
+                removed.add(folder)
+        else:
+            out[key] = scrub(v, removed)
+    return out
+
+
+def _public_json(path: Path, public: AdapterInfo, removed: set[str]) -> bytes:
+    """A JSON file of the adapter without this machine's paths (home directories, data files)."""
+    try:
+        data = scrub(json.loads(path.read_text(encoding="utf-8")), removed)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{path} is not valid JSON: {exc}") from None
+    if path.name == CONFIG_FILE and isinstance(data, dict):  # PEFT's field: the hub id when there is one
+        data["base_model_name_or_path"] = reports.hub_base_model(public.base_model) or public.base_model
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _no_path(name: str) -> str:
-    return Path(name).name if name.startswith(("/", "~", ".")) else name
+def _check_no_local_paths(root: Path, removed: set[str], card: str) -> None:
+    """Refuse an upload set that still names a scrubbed directory (a user's io.yaml, notes, ...)."""
+    texts = {"the repository card": card.encode("utf-8")} | {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix not in (".safetensors", ".png")  # weights and plots hold no paths
+    }
+    found = [
+        f"{name} contains the local path {folder!r}"
+        for name, data in texts.items()
+        for folder in sorted(removed)
+        if folder.encode("utf-8", "surrogatepass") in data
+    ]
+    if found:
+        raise HubError(
+            "Refusing to upload:\n  " + "\n  ".join(found) + "\nRemove the path from those files "
+            "(`m alora io-yaml` writes an io.yaml without one). Nothing was sent."
+        )
 
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -112,8 +160,19 @@ def build(
     io_yaml: str | Path | None = None,
     allow_data: bool = False,
 ) -> UploadSet:
-    """Lay the adapter out in `dest` as the repository will hold it."""
+    """Lay the adapter out in `dest` as the repository will hold it.
+
+    Every published file (JSON metadata, model card, repository card, io.yaml) is built from the
+    scrubbed metadata, and the set is refused if any text file still names a scrubbed directory.
+    """
     directory = Path(directory)
+    links = symlinks(directory)
+    if links:
+        raise HubError(
+            "Refusing to upload symbolic links (validora publishes no link, so that none can send a file "
+            "from outside the adapter):\n  " + "\n  ".join(links) + "\nReplace each with a copy of the "
+            "file if it belongs in the adapter (cp -rL copies a folder without links). Nothing was sent."
+        )
     info = AdapterInfo.read(directory)
     kind = adapter_kind(directory, info)
     pickles, data = refused_files(directory, allow_data=allow_data)
@@ -123,11 +182,13 @@ def build(
             "Refusing to upload:\n  " + "\n  ".join(pickles + data)
             + f"\nRemove them from the adapter directory{hint}. Nothing was sent."
         )  # fmt: skip
+    removed: set[str] = set()  # the local directories scrubbing took out
+    public = replace(info, **scrub({"base_model": info.base_model, "training": info.training}, removed))
     own_io = directory / "io.yaml"
     io_text = ioyaml.validate(io_yaml or own_io, info.labels) if io_yaml or own_io.is_file() else None
     if intrinsic:
         name = intrinsic_name or directory.resolve().name
-        base = reports.hub_base_model(info.base_model).split("/")[-1]
+        base = (reports.hub_base_model(public.base_model) or public.base_model).split("/")[-1]
         for what, segment in (("intrinsic name", name), ("base model name", base)):
             if not _SEGMENT.match(segment):
                 raise HubError(
@@ -135,7 +196,7 @@ def build(
                     "and '-' (--intrinsic-name sets the intrinsic's)."
                 )
         prefix = layouts.intrinsic_path(name, base, kind)
-        io_text = io_text or ioyaml.generate(info)
+        io_text = io_text or ioyaml.generate(public)
     else:
         prefix = ""
     target = dest / prefix
@@ -143,19 +204,22 @@ def build(
     for path in adapter_files(directory):
         rel = path.relative_to(directory)
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        if rel.as_posix() in (INFO_FILE, CONFIG_FILE):
-            (target / rel).write_bytes(_public_json(path, info))
+        if rel.as_posix() in SCRUBBED_FILES:
+            (target / rel).write_bytes(_public_json(path, public, removed))
         else:
             shutil.copy2(path, target / rel)
-    metrics_path = directory / "metrics.json"
+    metrics_path = target / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     name = prefix.split("/")[0] if prefix else None
-    card = reports.model_card(info, metrics, repo_id=repo_id, intrinsic_name=name)
+    card = reports.model_card(public, metrics, repo_id=repo_id, intrinsic_name=name)
     (target / "README.md").write_text(card, encoding="utf-8")
     if prefix:  # the repository's own card, used when it has none yet
-        card = reports.model_card(info, metrics, repo_id=repo_id, intrinsic_name=name, images_at=f"{prefix}/")
+        card = reports.model_card(
+            public, metrics, repo_id=repo_id, intrinsic_name=name, images_at=f"{prefix}/"
+        )
     if io_text is not None:
         (target / "io.yaml").write_text(io_text, encoding="utf-8")
+    _check_no_local_paths(dest, removed, card)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     return UploadSet(root=dest, prefix=prefix, files=files, card=card)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,19 +82,32 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def hub_base_model(name: str) -> str:
-    """The hub id for the card's front matter: the alias's hub id; never a local path."""
+_HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")
+
+
+def public_name(name: str) -> str:
+    """A model or file name as it may leave this machine: the one rule for everything published.
+
+    An alias or hub id (``org/name``) is kept; a local path (absolute, ``~``, ``./``, ``../``, Windows,
+    or more than one ``/``) keeps only its last component, so no directory name is published.
+    """
+    stripped = name.rstrip("/\\")
+    return stripped if _HUB_ID.fullmatch(stripped) else re.split(r"[/\\]", stripped)[-1]
+
+
+def hub_base_model(name: str) -> str | None:
+    """The base model's hub id for a card's front matter, or None when it has none (a local model)."""
     from validora.models import EMBEDDED_ALIAS, EMBEDDED_HUB_ID
 
     if name == EMBEDDED_ALIAS:
         return EMBEDDED_HUB_ID
-    return Path(name).name if name.startswith("/") else name
+    return name if "/" in name and public_name(name) == name else None
 
 
 def _usage(info: AdapterInfo, repo_id: str | None, intrinsic_name: str | None) -> str:
     """How to load the adapter: by hub id once published, from its directory before."""
     where = repo_id or "./this-adapter"
-    base = hub_base_model(info.base_model)
+    base = hub_base_model(info.base_model) or public_name(info.base_model)
     extra = f", intrinsic_name={intrinsic_name!r}" if intrinsic_name else ""
     label = info.labels[-1]
     return f"""```bash
@@ -125,6 +139,8 @@ def model_card(
 ) -> str:
     """A README.md built from validora.json and metrics.json alone (no LLM involved).
 
+    It never shows a local path: the base model appears by hub id or by public_name().
+
     With `repo_id` the usage code loads the adapter by hub id; `images_at` is the folder of the
     report images relative to the card.
     """
@@ -149,10 +165,11 @@ def model_card(
             "val_fraction",
         )
     }
+    hub_id = hub_base_model(info.base_model)
     front = [
         "---",
         "library_name: peft",
-        f"base_model: {hub_base_model(info.base_model)}",
+        *([f"base_model: {hub_id}"] if hub_id else []),  # the Hub refuses ids it does not host
         "tags:",
         "- validora",
         f"- {info.adapter_type}",
@@ -165,7 +182,7 @@ def model_card(
 A {kind} adapter trained with [validora](https://pypi.org/project/validora/) to classify text into
 {len(info.labels)} labels: {", ".join(f"`{label}`" for label in info.labels)}.
 
-- **Base model:** `{info.base_model}`
+- **Base model:** `{public_name(info.base_model)}`
 - **Adapter type:** {info.adapter_type}
 - **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
 - **Training examples:** {info.training.get("n_train")} (held out for validation: {info.training.get("n_val")})
