@@ -315,4 +315,6 @@ def test_download_fetches_only_the_chosen_adapter_and_works_offline(hub, adapter
     assert result.exit_code != 0 and "several adapters" in result.stderr
     result = m("download", REPO, "--intrinsic-name", "second")  # listed, never downloaded
     assert result.exit_code != 0 and "not in the local Hugging Face cache" in result.stderr
+    shutil.rmtree(snapshot.parents[1] / "trees")  # a cache without listings (older clients): as it is
+    assert CustomIntrinsicAdapter(model_id=REPO, intrinsic_name="first").path == path
     assert len(hub.requests) == before

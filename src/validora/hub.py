@@ -62,22 +62,25 @@ def download_adapter(
 
 def _listing(repo_id: str, revision: str | None) -> list[str] | None:
     """Every file path of the repository: from the Hub, else from the cache's listing, else None."""
-    import httpx2
-    from huggingface_hub import HfApi, get_cached_repo_tree
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     try:
         return HfApi().list_repo_files(repo_id, revision=revision)
-    except RepositoryNotFoundError:  # includes gated repositories; RevisionNotFoundError is raised too
+    except RepositoryNotFoundError:  # includes gated repositories
         raise
-    except HfHubHTTPError as exc:
+    except HfHubHTTPError as exc:  # a missing revision or a refused token is an answer; 5xx is not
         if getattr(exc.response, "status_code", None) in (401, 403, 404):
             raise
-    except (OSError, httpx2.TransportError):  # offline mode (a ConnectionError), no network, timeouts
+    except Exception:  # offline mode, no network, timeouts (httpx errors are not OSErrors)
         pass
     try:
+        from huggingface_hub import get_cached_repo_tree
+    except ImportError:  # an older huggingface_hub keeps no listing in its cache
+        return None
+    try:
         return [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
-    except CachedRepoTreeNotFoundError:
+    except Exception:  # CachedRepoTreeNotFoundError: this revision's listing is not cached
         return None
 
 

@@ -42,7 +42,11 @@ def upload(
         typer.Option("--allow-data", help="Upload files that look like training data (.jsonl, .csv, ...)."),
     ] = False,
 ) -> None:
-    """Publish an adapter to the Hugging Face Hub in one commit (token: HF_TOKEN or `hf auth login`)."""
+    """Publish an adapter to the Hugging Face Hub in one commit (token: HF_TOKEN or `hf auth login`).
+
+    Local paths are never published; symbolic links, pickles and (without --allow-data) data files
+    in the adapter directory are refused before anything is sent.
+    """
     from validora import publish
 
     if intrinsic_name is not None and not intrinsic:
