@@ -307,7 +307,9 @@ def test_too_little_free_space_is_refused_at_setup(tmp_path: Path, monkeypatch):
     "error",
     [
         OSError(errno.ENOSPC, "No space left on device"),
-        RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+        RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
     ],
     ids=["oserror", "safetensors"],
 )

@@ -1,10 +1,9 @@
 """The adapter directory: PEFT weights + validora.json, written atomically, loaded back onto a base model.
 
-Writing: the new adapter is filled in a hidden sibling `.NAME.partial-*` and swapped in with two
-renames (the earlier adapter goes to `.NAME.old-*` and is deleted after). SIGINT/SIGTERM wait until
-the swap is over; a run killed outright leaves those siblings, and the next run (or load) restores
-the earlier adapter if `NAME` is missing and removes the rest. A writer holds an flock on every
-directory it works on, so leftovers of a run still in progress are never touched.
+Writing fills a hidden sibling `.NAME.partial-*`, then swaps it in by two renames (the earlier adapter
+goes to `.NAME.old-*`, deleted after) while SIGINT/SIGTERM wait. A run killed outright leaves those;
+the next run or load puts a stranded earlier adapter back and removes the rest, never touching the
+directories a live writer holds an flock on.
 """
 
 from __future__ import annotations
@@ -34,14 +33,10 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
 # Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
-WRITTEN_FILES = frozenset(
-    {*REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", "README.md"}
-)
+WRITTEN_FILES = {*REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", "README.md"}
 ADAPTER_TYPES = ("alora", "lora")
 LEFTOVER_KINDS = ("partial", "old", "probe")
-ADAPTER_SIZE_ESTIMATE = (
-    50 * 2**20
-)  # bytes; the free-space check asks for twice the larger of this and the earlier adapter
+ADAPTER_SIZE_ESTIMATE = 50 * 2**20  # the free-space check wants twice this or twice the earlier adapter
 SWAP_DELAY_ENV = "VALIDORA_TEST_SWAP_DELAY"  # tests: seconds to pause, with a line on stderr, inside the swap
 
 
@@ -85,26 +80,24 @@ class AdapterInfo:
             raise AdapterError(f"{directory} is not a validora adapter: it has no {INFO_FILE}.")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise AdapterError(f"{path} is unreadable: it is not UTF-8 text ({exc.reason}).") from None
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"{path} is unreadable: {exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise AdapterError(f"{path} is unreadable: {why}.") from None
         _check_info(data, path, directory)
         info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise AdapterError(
-                    f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
-                )
+        for name in (n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()):
+            raise AdapterError(
+                f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
+            )
         return info
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 def _ids(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(_is_int(i) and i >= 0 for i in v)
+    return isinstance(v, list) and bool(v) and all(map(_int, v))
 
 
 def _text(v: Any) -> bool:
@@ -114,47 +107,41 @@ def _text(v: Any) -> bool:
 def _check_info(data: Any, path: Path, directory: Path) -> None:
     """Types and consistency of every field inference reads; the message names the file and the field."""
 
-    def bad(name: str, expected: str, value: Any = None) -> AdapterError:
+    def bad(name: str, expected: str) -> AdapterError:
         head, _, key = name.partition(".")
         if head not in data or (key and key not in data[head]):
             return AdapterError(f"{path}: field {name!r} is missing; it must be {expected}.")
-        shown = json.dumps(value, ensure_ascii=False)
+        shown = json.dumps(data[head][key] if key else data[head], ensure_ascii=False)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         return AdapterError(f"{path}: field {name!r} must be {expected}, not {shown}.")
 
     if not isinstance(data, dict):
         raise AdapterError(f"{path} must hold a JSON object, not {type(data).__name__}.")
     version = data.get("format_version", FORMAT_VERSION)
-    if not _is_int(version) or version < 1:
-        raise bad("format_version", "a positive integer", version)
+    if not _int(version, 1):
+        raise bad("format_version", "a positive integer")
     prompt = data.get("prompt")
     if not isinstance(prompt, dict):
-        raise bad("prompt", "an object (the prompt format)", prompt)
+        raise bad("prompt", "an object (the prompt format)")
     prompt_version = prompt.get("prompt_format_version", 1)
-    if not _is_int(prompt_version) or prompt_version < 1:
-        raise bad("prompt.prompt_format_version", "a positive integer", prompt_version)
+    if not _int(prompt_version, 1):
+        raise bad("prompt.prompt_format_version", "a positive integer")
     if version > FORMAT_VERSION or prompt_version > PROMPT_FORMAT_VERSION:
         raise AdapterError(f"{directory} was written by a newer validora; upgrade validora to load it.")
     labels = data.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2 or not all(_text(x) for x in labels):
-        raise bad("labels", "a list of at least two non-empty strings", labels)
-    if len(set(labels)) != len(labels):
-        raise bad("labels", "a list of distinct labels", labels)
+    if not (isinstance(labels, list) and all(map(_text, labels)) and len(set(labels)) == len(labels) > 1):
+        raise bad("labels", "a list of at least two distinct non-empty strings")
     label_ids = prompt.get("label_ids")
     checks = [
         ("adapter_type", data.get("adapter_type") in ADAPTER_TYPES, " or ".join(map(repr, ADAPTER_TYPES))),
         ("base_model", _text(data.get("base_model")), "a non-empty string"),
         ("prompt.invocation_prompt", _text(prompt.get("invocation_prompt")), "a non-empty string"),
         ("prompt.invocation_ids", _ids(prompt.get("invocation_ids")), "a non-empty list of token ids"),
-        (
-            "prompt.label_ids",
-            isinstance(label_ids, dict) and set(label_ids) == set(labels) and all(map(_ids, label_ids.values())),
-            "an object giving every label (and only those) a non-empty list of token ids",
-        ),
+        ("prompt.label_ids", isinstance(label_ids, dict) and set(label_ids) == set(labels)
+         and all(map(_ids, label_ids.values())), "an object giving each label, and only those, token ids"),
         ("prompt.labels", prompt.get("labels", labels) == labels, "the same list as 'labels'"),
-        ("prompt.max_length", _is_int(prompt.get("max_length", 1024)) and prompt.get("max_length", 1024) > 0,
-         "a positive integer"),
-        ("prompt.eos_id", prompt.get("eos_id") is None or _is_int(prompt.get("eos_id")), "a token id"),
+        ("prompt.max_length", _int(prompt.get("max_length", 1024), 1), "a positive integer"),
+        ("prompt.eos_id", prompt.get("eos_id") is None or _int(prompt.get("eos_id")), "a token id"),
         ("training", isinstance(data.get("training", {}), dict), "an object"),
         ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
@@ -162,18 +149,13 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
     ]  # fmt: skip
     for name, ok, expected in checks:
         if not ok:
-            head, _, key = name.partition(".")
-            raise bad(name, expected, prompt.get(key) if key else data.get(head))
+            raise bad(name, expected)
 
 
 def prompt_format(info: AdapterInfo, tokenizer: Any) -> PromptFormat:
     """Rebuild the training-time prompt format, refusing a tokenizer that encodes it differently."""
-    fmt = PromptFormat(
-        tokenizer,
-        info.labels,
-        invocation_prompt=info.invocation_prompt,
-        max_length=int(info.prompt.get("max_length", 1024)),
-    )
+    length = int(info.prompt.get("max_length", 1024))
+    fmt = PromptFormat(tokenizer, info.labels, invocation_prompt=info.invocation_prompt, max_length=length)
     fmt.check_matches(info.prompt)
     return fmt
 
@@ -191,11 +173,6 @@ def attach(model: Any, directory: str | Path, name: str) -> Any:
     )
 
 
-def is_complete(directory: Path) -> bool:
-    """Holds everything loading needs (a complete earlier adapter can be restored)."""
-    return all((directory / name).is_file() for name in REQUIRED_FILES)
-
-
 def is_replaceable(directory: Path) -> bool:
     """Only an empty directory or an earlier validora adapter may be replaced (with --overwrite)."""
     return not directory.exists() or (
@@ -204,11 +181,8 @@ def is_replaceable(directory: Path) -> bool:
 
 
 def check_target(target: Path, *, overwrite: bool) -> None:
-    """Fail before any work if `target` may not be written; called at setup and again just before the swap.
-
-    Leftovers of an interrupted save are restored or removed first (a warning says which); then the
-    directory that will hold `target` must take a new entry and have room for an adapter.
-    """
+    """Fail before any work if `target` may not be written (at setup, again before the swap): after
+    recover(), the folder that will hold it must take a new entry and have room for an adapter."""
     target = Path(target)
     recover(target)
     if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
@@ -233,7 +207,8 @@ def _check_writable(target: Path) -> None:
         raise AdapterError(
             f"Cannot write {target}: {exc.strerror or exc} in {parent}. Choose another --outfile."
         ) from None
-    need = 2 * max(ADAPTER_SIZE_ESTIMATE, _size(target))
+    earlier = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
+    need = 2 * max(ADAPTER_SIZE_ESTIMATE, earlier)
     if free < need:
         raise AdapterError(
             f"Not enough free space for {target}: {free / 2**20:.0f} MiB free in {parent}, "
@@ -241,19 +216,10 @@ def _check_writable(target: Path) -> None:
         )
 
 
-def _size(directory: Path) -> int:
-    if not directory.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
-
-
 @contextmanager
 def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling to fill; rename it onto `target` only when the block completes.
-
-    On any error or interrupt the temporary directory is removed and `target` is left as it was.
-    Files of an earlier adapter that validora does not write (an io.yaml, notes) are carried over.
-    """
+    """Yield a temporary sibling to fill; it replaces `target` only when the block completes, taking
+    the earlier adapter's files validora does not write (an io.yaml, notes). Else `target` is untouched."""
     target = Path(target)
     check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,9 +230,9 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
             yield staging
             _pause_for_tests("staged")
             kept = _keep_user_files(target, staging)
-        except Exception as exc:
-            if isinstance(exc, OSError) or _disk_full(exc):
-                full = _disk_full(exc) or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+            if full or isinstance(exc, OSError):
                 raise AdapterError(
                     f"Could not write the adapter beside {target}: {exc}. "
                     + ("The earlier adapter there is kept." if target.exists() else "Nothing was written.")
@@ -275,37 +241,26 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
             raise
         _swap_into_place(staging, target)
         if kept:
-            warnings.warn(
-                f"Kept {len(kept)} file(s) of yours in {target} that validora does not write: {', '.join(kept)}.",
-                stacklevel=3,
-            )
+            said = f"Kept {len(kept)} file(s) of yours in {target} that validora does not write"
+            warnings.warn(f"{said}: {', '.join(kept)}.", stacklevel=3)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-        _unlock(lock)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """safetensors reports a full disk as its own error type, not OSError."""
-    text = str(exc)
-    return "No space left" in text or "StorageFull" in text or "Disk quota" in text
+        if lock is not None and lock >= 0:
+            os.close(lock)
 
 
 def _keep_user_files(target: Path, staging: Path) -> list[str]:
     """Copy (never move: a kill must not lose them) what the user added to the earlier adapter."""
-    if not target.is_dir() or not (target / INFO_FILE).is_file():
+    if not (target / INFO_FILE).is_file():
         return []
-    kept = []
-    for entry in sorted(target.iterdir()):
-        dest = staging / entry.name
-        if entry.name in WRITTEN_FILES or os.path.lexists(dest):
-            continue
+    mine = [p for p in sorted(target.iterdir()) if p.name not in WRITTEN_FILES]
+    for entry in (kept := [p for p in mine if not os.path.lexists(staging / p.name)]):
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, dest, symlinks=True)
+            shutil.copytree(entry, staging / entry.name, symlinks=True)
         else:
-            shutil.copy2(entry, dest, follow_symlinks=False)
-        kept.append(entry.name)
-    return kept
+            shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+    return [p.name for p in kept]
 
 
 def private_tempdir(target: Path, kind: str) -> Path:
@@ -338,25 +293,22 @@ def _swap_into_place(staging: Path, target: Path) -> None:
                 raise
             shutil.rmtree(old, ignore_errors=True)
         finally:
-            _unlock(lock)
+            if lock >= 0:
+                os.close(lock)
 
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them (main thread only).
-
-    A Python-level handler, not a signal mask: a process-directed signal may land on any thread.
-    """
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them (main thread only). A Python
+    handler, not a signal mask: a process-directed signal may land on any thread (torch's, say)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler not in (signal.SIG_IGN, None):
-            previous[sig] = handler
-            signal.signal(sig, lambda signum, frame: caught.append(signum))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h not in (signal.SIG_IGN, None)}  # ignored stays so
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
@@ -368,105 +320,70 @@ def _signals_deferred() -> Iterator[None]:
 
 def _pause_for_tests(moment: str) -> None:
     """With VALIDORA_TEST_SWAP_DELAY set, say where the save is on stderr and wait: a kill lands there."""
-    delay = os.environ.get(SWAP_DELAY_ENV)
-    if delay:
+    if delay := os.environ.get(SWAP_DELAY_ENV):
         print(f"validora-test: {moment}", file=sys.stderr, flush=True)
         time.sleep(float(delay))
 
 
 def _lock(directory: Path) -> int | None:
-    """An open descriptor holding an exclusive flock on `directory`, or None if another process holds one.
-
-    The lock follows the directory through renames and ends with the process, however it ends.
-    -1 where no lock can be taken (no flock on this system or file system): nothing is judged stale then.
-    """
+    """A descriptor holding an exclusive flock on `directory` (it follows renames and ends with the
+    process, however it ends); None if another process holds it; -1 where flock is unavailable."""
     try:
         import fcntl
-    except ImportError:
-        return -1
-    try:
+
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
+    except (ImportError, OSError):
         return -1
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        return fd
+    except OSError as exc:
         os.close(fd)
-        return None
-    except OSError:
-        os.close(fd)
-        return -1
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None and fd >= 0:
-        os.close(fd)
+        return None if isinstance(exc, BlockingIOError) else -1
 
 
 def _leftovers(target: Path) -> list[Path]:
-    prefix = f".{target.name}."
-    try:
-        entries = list(target.parent.iterdir())
-    except OSError:
-        return []
-    return sorted(
-        p
-        for p in entries
-        if p.name.startswith(prefix)
-        and p.name[len(prefix) :].startswith(tuple(f"{k}-" for k in LEFTOVER_KINDS))
-        and p.is_dir()
-        and not p.is_symlink()
-    )
+    starts = tuple(f".{target.name}.{kind}-" for kind in LEFTOVER_KINDS)
+    with suppress(OSError):
+        found = [p for p in target.parent.iterdir() if p.name.startswith(starts) and not p.is_symlink()]
+        return sorted(p for p in found if p.is_dir())
+    return []
 
 
 def recover(target: str | Path) -> str | None:
     """Undo what a killed save left beside `target`; return (and warn) one line saying what was done.
-
-    `target` missing and an earlier adapter stranded as `.NAME.old-*`: it is renamed back. Staging
-    directories of dead runs are removed, even complete ones (they were never swapped in), and so
-    are old copies whose files `target` holds. Directories another live process holds are left alone.
-    """
+    `target` missing: the newest `.NAME.old-*` is renamed back. The rest goes (staging of dead runs,
+    even complete; old copies unless one holds a file `target` lacks); a live writer's is left alone."""
     target = Path(target)
-    held = [(p, fd) for p in _leftovers(target) if (fd := _lock(p)) is not None and fd >= 0]
-    done: list[str] = []
+    held = {p: fd for p in _leftovers(target) if (fd := _lock(p)) is not None and fd >= 0}
+    olds = [p for p in held if p.name.startswith(f".{target.name}.old-")]
+    done, removed, stranded = [], [], []
     try:
-        olds = [p for p, _ in held if p.name.startswith(f".{target.name}.old-")]
-        restored = None
         if olds and not os.path.lexists(target):
-            restored = max(olds, key=lambda p: (is_complete(p), p.stat().st_ctime_ns))
-            os.replace(restored, target)
-            done.append(f"restored the earlier adapter {target} from {restored.name}")
-        removed, stranded = [], []
-        for path, _ in held:
-            if path == restored:
-                continue
-            if path in olds and _holds_more(path, target):
+            back = max(olds, key=lambda p: ((p / WEIGHTS_FILE).is_file(), p.stat().st_ctime_ns))
+            os.replace(back, target)
+            done.append(f"restored the earlier adapter {target} from {back.name}")
+            olds.remove(back)
+            os.close(held.pop(back))
+        for path in held:
+            user = [p.name for p in path.iterdir() if p.name not in WRITTEN_FILES] if path in olds else []
+            if any(not os.path.lexists(target / name) for name in user):
                 stranded.append(path.name)
-                continue
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-        if removed:
-            done.append(f"removed {', '.join(removed)}")
-        if stranded:
-            done.append(
-                f"kept {', '.join(stranded)} (it holds files {target} lacks: move them back, then delete it)"
-            )
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
     finally:
-        for _, fd in held:
+        for fd in held.values():
             os.close(fd)
+    if removed:
+        done.append(f"removed {', '.join(removed)}")
+    if stranded:
+        done.append(f"kept {', '.join(stranded)}: it holds files {target} lacks, move them back")
     if not done:
         return None
     note = f"An earlier save of {target} was interrupted: {'; '.join(done)}."
     warnings.warn(note, stacklevel=2)
     return note
-
-
-def _holds_more(old: Path, target: Path) -> bool:
-    """An old copy holds a user file the current adapter lacks (only if a save predates kept files)."""
-    with suppress(OSError):
-        return any(not os.path.lexists(target / p.name) for p in old.iterdir() if p.name not in WRITTEN_FILES)
-    return False
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -475,12 +392,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def _is_local(name: str) -> bool:
     """A path to a model on this machine rather than a hub id or a short name."""
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or name.lower().endswith(".gguf")
-        or ("/" in name and Path(name).expanduser().exists())
-    )
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf")
+    return local or ("/" in name and Path(name).expanduser().exists())
 
 
 def _last(name: str) -> str:
@@ -495,12 +408,9 @@ def base_key(name: str) -> str:
 
 
 def same_base_model(a: str, b: str) -> bool:
-    """Whether two base-model names mean the same model.
-
-    Local paths: the same resolved path (`/a/granite` is not `/b/granite`). Hub ids: equal ignoring
+    """Local paths: the same resolved path (`/a/granite` is not `/b/granite`). Hub ids: equal ignoring
     case. A short name without "/" (the embedded alias, Mellea-style `granite-3.2-8b-instruct`, or a
-    published adapter's base) matches any name with that last component.
-    """
+    published adapter's base) matches any name with that last component."""
     a, b = str(a).rstrip("/"), str(b).rstrip("/")
     if "/" not in a or "/" not in b:
         return _last(a) == _last(b)
@@ -516,10 +426,8 @@ def resolve_adapter_dir(
     base_model_name: str | None = None,
     revision: str | None = None,
 ) -> tuple[Path, str | None]:
-    """A local adapter directory for a directory, a hub id (plain or intrinsics layout) or a snapshot.
-
-    Returns the directory and, for the intrinsics layout, the intrinsic's name.
-    """
+    """A local adapter directory for a directory, a hub id (plain or intrinsics layout) or a snapshot;
+    and, for the intrinsics layout, the intrinsic's name."""
     from validora import layouts
 
     local = Path(model_id).expanduser()
