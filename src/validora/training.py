@@ -23,13 +23,17 @@ import torch
 from validora import scoring
 from validora.adapters import AdapterInfo, check_target, staged_directory, write_json
 from validora.data import Example, labels_of, load_jsonl, stratified_split
-from validora.errors import ConfigError
+from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
 from validora.prompting import PromptFormat, load_promptfile
 
 ADAPTER_TYPES = ("alora", "lora")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
+
+
+class TrainingDiverged(ValidoraError):
+    """The loss or the weights became NaN or infinite; the run stops before anything is saved."""
 
 
 @dataclass
@@ -62,6 +66,16 @@ class TrainConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        floats = {
+            "--learning-rate": self.learning_rate,
+            "--val-fraction": self.val_fraction,
+            "--dropout": self.dropout,
+            "warmup_fraction": self.warmup_fraction,  # library-only options are named as fields
+            "--cache-memory-gb": self.cache_memory_gb,
+        }
+        for name, value in floats.items():
+            if not math.isfinite(value):  # inf passes a "> 0" check and nan fails it without saying why
+                raise ConfigError(f"{name} must be a finite number, not {value}.")
         checks = [
             (
                 self.adapter in ADAPTER_TYPES,
@@ -74,10 +88,19 @@ class TrainConfig:
             (self.max_length >= 16, f"--max-length must be at least 16, not {self.max_length}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
             (self.rank >= 1, f"--rank must be at least 1, not {self.rank}"),
+            (self.alpha is None or self.alpha > 0, f"--alpha must be positive, not {self.alpha}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}"),
             (
                 self.early_stop >= 0,
                 f"--early-stop must be 0 (off) or a number of epochs, not {self.early_stop}",
+            ),
+            (
+                0 <= self.warmup_fraction <= 1,
+                f"warmup_fraction must be between 0 and 1, not {self.warmup_fraction}",
+            ),
+            (
+                self.eval_batch_size >= 1,
+                f"eval_batch_size must be at least 1, not {self.eval_batch_size}",
             ),
             (self.cache_memory_gb >= 0, f"--cache-memory-gb must be >= 0, not {self.cache_memory_gb}"),
             (bool(self.target_modules), "--target-modules needs at least one module name"),
@@ -321,10 +344,14 @@ class Trainer:
                 group_start = i - i % cfg.grad_accum
                 group_size = min(cfg.grad_accum, len(batches) - group_start)  # the last group may be short
                 steps = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
+                where = f"epoch {epoch}, batch {i + 1} of {len(batches)}"
                 with contextlib.nullcontext() if steps else acc.no_sync(self.model):
                     loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise self._diverged(f"the training loss is {value} at {where}")
                     acc.backward(loss / group_size)
-                loss_sum += float(loss.detach()) * n_tokens
+                loss_sum += value * n_tokens
                 token_sum += n_tokens
                 if steps:
                     for group in self.optimizer.param_groups:
@@ -332,6 +359,8 @@ class Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     update += 1
+                    if not self._weights_finite():
+                        raise self._diverged(f"the adapter weights became NaN or infinite after {where}")
                 self.progress.advance()
             metrics, val_loss = self.evaluate()
             record = EpochRecord(
@@ -348,7 +377,10 @@ class Trainer:
                 f"accuracy {metrics.accuracy:.3f}  macro-F1 {metrics.macro_f1:.3f}"
             )
             score = (metrics.macro_f1 + metrics.accuracy, -val_loss)
-            if best is None or score > best:
+            if not math.isfinite(val_loss):  # its predictions are argmaxes over NaN: never the best
+                self.progress.log(f"epoch {epoch}: validation loss is {val_loss}; it cannot be chosen.")
+                stale += 1
+            elif best is None or score > best:
                 best, best_epoch, best_metrics, stale = score, epoch, metrics, 0
                 best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
             else:
@@ -356,7 +388,8 @@ class Trainer:
                 if cfg.early_stop and stale >= cfg.early_stop:
                     self.progress.log(f"Stopping early: no improvement for {stale} epoch(s).")
                     break
-        assert best_state is not None and best_metrics is not None
+        if best_state is None or best_metrics is None:
+            raise self._diverged("no epoch had a finite validation loss")
         set_peft_model_state_dict(self.peft, best_state)
         self.model.eval()
         seconds = time.perf_counter() - started
@@ -375,6 +408,17 @@ class Trainer:
             else ("per batch" if self.uses_cache else "off"),
         )
         return self.report
+
+    def _weights_finite(self) -> bool:
+        """Cheap: one fused max-abs per tensor (as clip_grad_norm_ fuses), NaN or inf if any weight is."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return bool(torch.stack(torch._foreach_norm(params, math.inf)).isfinite().all())
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"Training diverged: {what}. Nothing was saved; any earlier adapter at {self.config.outfile} "
+            f"is untouched. Try a lower --learning-rate than {self.config.learning_rate:g}."
+        )
 
     @torch.no_grad()
     def evaluate(self) -> tuple[Metrics, float]:
