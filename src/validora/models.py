@@ -7,16 +7,23 @@ every later load reads that directory in under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: conversions are not serialised there
+    fcntl = None  # type: ignore[assignment]
 
 from validora import attention
 from validora.errors import ConfigError, ModelError
@@ -97,13 +104,78 @@ def resolve_base_model(name: str | None) -> BaseModelSpec:
     return BaseModelSpec(name, "hub", name)
 
 
-def _converted_gguf_dir(gguf: Path) -> Path:
-    """Convert a GGUF file once into a safetensors directory; reuse it while the file is unchanged."""
+def _gguf_target(gguf: Path) -> Path:
+    """The cache directory of this GGUF file's conversion; a changed file gets a new one."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+
+
+def _converted_gguf_dir(gguf: Path) -> Path:
+    """Convert a GGUF file once into a safetensors directory; reuse it while the file is unchanged.
+
+    `<target>.lock` is held while converting: a concurrent first run waits (silently, perhaps half a
+    minute) and reuses the result instead of converting again.
+    """
+    target = _gguf_target(gguf)
+    _sweep_stale(target.parent)
     if (target / "config.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f"{target.name}.lock", wait=True):
+        _sweep_stale(target.parent, held=target.name)
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target)
+    return target
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool) -> Iterator[bool]:
+    """An exclusive flock on `path`, released on close or when the process dies.
+
+    Yields False if `wait` is False and another process holds it. Where flock is unavailable
+    (Windows, some network file systems) yields `wait` without locking: a waiting caller goes on
+    unlocked (a concurrent conversion is then done twice, safely), a non-waiting one sweeps nothing.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is None:
+            yield wait
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:  # held elsewhere (LOCK_NB), or locks unsupported here
+            yield wait
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _sweep_stale(root: Path, held: str | None = None) -> None:
+    """Remove `.NAME.*` directories left by killed conversions: those whose `NAME.lock` is free.
+
+    `held` names the conversion whose lock this process already holds (flock would refuse a second
+    descriptor even in the same process), so its leftovers are removed directly.
+    """
+    try:
+        leftovers = [p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()]
+    except OSError:  # no cache yet, or unreadable: nothing to do
+        return
+    for tmp in leftovers:
+        name = tmp.name[1:].rpartition(".")[0]
+        if not name:
+            continue
+        if name == held:
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        with contextlib.suppress(OSError), _locked(root / f"{name}.lock", wait=False) as free:
+            if free:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF file and write it as a safetensors model directory at `target`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -113,7 +185,6 @@ def _converted_gguf_dir(gguf: Path) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.config._name_or_path = gguf.stem
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)
     try:
@@ -121,12 +192,11 @@ def _converted_gguf_dir(gguf: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         try:
             tmp.rename(target)
-        except OSError:  # another process finished first
+        except OSError:  # without flock another process may have finished first
             if not (target / "config.json").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def local_files(spec: BaseModelSpec) -> str:
