@@ -1,4 +1,4 @@
-"""Non-finite numbers: refused as options, caught in the loss and the weights, never saved or chosen."""
+"""Training options and numbers: bad values refused up front; NaN/inf caught in the loss and weights, never saved."""
 
 import math
 import shutil
@@ -115,3 +115,8 @@ def test_an_epoch_with_nan_validation_loss_is_never_chosen(fresh_model, tmp_path
     nan_validation_loss_in(trainer, {1})
     with pytest.raises(TrainingDiverged, match="no epoch had a finite validation loss"):
         trainer.train()
+
+
+def test_target_modules_missing_from_the_model_are_a_config_error(fresh_model, tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"target_modules \['nope_proj'\]: Target modules .* not found"):
+        make_trainer(fresh_model, tmp_path, target_modules=["nope_proj"])

@@ -220,7 +220,10 @@ class Trainer:
             task_type="CAUSAL_LM",
             alora_invocation_tokens=self.fmt.invocation_ids if cfg.adapter == "alora" else None,
         )
-        model = get_peft_model(loaded.model, lora)
+        try:
+            model = get_peft_model(loaded.model, lora)
+        except ValueError as exc:  # PEFT's NoMatchingPeftModuleError: target_modules not in this model
+            raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from exc
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
