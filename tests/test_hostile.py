@@ -86,6 +86,8 @@ CASES = [
          "invocation_prompt", {"d.jsonl": lines(*GOOD), "p.json": b"[]"}),
     Case("promptfile-latin-1", lambda d: [*train("d.jsonl")(d), "--promptfile", str(d / "p.json")],
          "--promptfile", {"d.jsonl": lines(*GOOD), "p.json": '{"invocation_prompt": "é"}'.encode("latin-1")}),
+    Case("promptfile-is-a-directory", lambda d: [*train("d.jsonl")(d), "--promptfile", str(d / "p")],
+         "is a directory", {"d.jsonl": lines(*GOOD), "p": None}),
     # ---- texts to classify
     Case("predict-latin-1-text", predict("--file", "{d}/notes.txt"), "notes.txt:2: not valid UTF-8",
          {"notes.txt": "fine\nd\xe9marrage difficile\n".encode("latin-1")}),
@@ -115,6 +117,8 @@ CASES = [
     Case("eval-batch-size-0", evaluate("d.jsonl", "--batch-size", "0"), "Invalid value for '--batch-size'", {"d.jsonl": lines(*GOOD)}),
     Case("eval-plot-is-a-directory", evaluate("d.jsonl", "--plot", "{d}/plots", "--overwrite"), "is a directory",
          {"d.jsonl": lines(*GOOD), "plots": None}),
+    Case("eval-plot-parent-missing", evaluate("d.jsonl", "--plot", "{d}/nope/cm.png"), "does not exist",
+         {"d.jsonl": lines(*GOOD)}),
     # ---- adapter paths (malformed validora.json is tested with the adapter format)
     Case("adapter-missing", predict("x"), "Adapter directory not found", code=1),
     Case("adapter-without-validora-json", lambda d: ["predict", str(d / "empty-adapter"), "x"],

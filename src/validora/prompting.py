@@ -64,6 +64,10 @@ def load_promptfile(path: str | Path) -> str:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--promptfile {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--promptfile {path} is a directory, not a JSON file.") from None
+    except PermissionError:
+        raise ConfigError(f"--promptfile {path} cannot be read (permission denied).") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--promptfile {path} is not valid JSON: {exc}") from None
     prompt = data.get("invocation_prompt") if isinstance(data, dict) else None

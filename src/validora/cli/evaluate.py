@@ -33,6 +33,8 @@ def evaluate(
     """Evaluate an adapter on a labeled JSONL file."""
     if plot is not None and plot.is_dir():
         raise ConfigError(f"--plot {plot} is a directory; give a .png file name.")
+    if plot is not None and not plot.parent.is_dir():
+        raise ConfigError(f"--plot {plot}: the directory {plot.parent} does not exist.")
     if plot is not None and plot.exists() and not overwrite:
         raise ConfigError(f"{plot} already exists; pass --overwrite to replace it.")
     from validora.data import load_jsonl
