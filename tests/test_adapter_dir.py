@@ -17,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from validora import adapters
-from validora.adapters import AdapterInfo, CustomIntrinsicAdapter, base_key, same_base_model
+from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
 from validora.cli import app
 from validora.errors import AdapterError
+from validora.names import base_key, same_base_model
 
 INFO = {
     "adapter_type": "alora",

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from validora import ioyaml, reports
 from validora.adapters import AdapterInfo
 from validora.cli import app
+from validora.names import public_name
 
 from .fake_hub import USER
 
@@ -92,7 +93,7 @@ def test_one_rule_for_published_names():
         "ibm-granite/granite-3.3-8b-instruct": "ibm-granite/granite-3.3-8b-instruct",
         "smollm2-135m-instruct": "smollm2-135m-instruct",
     }
-    assert {name: reports.public_name(name) for name in cases} == cases
+    assert {name: public_name(name) for name in cases} == cases
     assert reports.hub_base_model("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert reports.hub_base_model("org/model") == "org/model"
     assert reports.hub_base_model(BASE) is None and reports.hub_base_model("x") is None

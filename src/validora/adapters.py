@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from validora.errors import AdapterError, HubError
+from validora.names import last_component, same_base_model
 from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
 
 FORMAT_VERSION = 1
@@ -390,35 +391,6 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _is_local(name: str) -> bool:
-    """A path to a model on this machine rather than a hub id or a short name."""
-    local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf")
-    return local or ("/" in name and Path(name).expanduser().exists())
-
-
-def _last(name: str) -> str:
-    return Path(str(name).rstrip("/")).name.lower()
-
-
-def base_key(name: str) -> str:
-    """Comparable form of a base-model name: a local model's resolved path; otherwise (hub id, alias,
-    short name) the last component in lower case, so `granite-3.2-8b-instruct` matches its hub id."""
-    name = str(name)
-    return str(Path(name).expanduser().resolve()) if _is_local(name) else _last(name)
-
-
-def same_base_model(a: str, b: str) -> bool:
-    """Local paths: the same resolved path (`/a/granite` is not `/b/granite`). Hub ids: equal ignoring
-    case. A short name without "/" (the embedded alias, Mellea-style `granite-3.2-8b-instruct`, or a
-    published adapter's base) matches any name with that last component."""
-    a, b = str(a).rstrip("/"), str(b).rstrip("/")
-    if "/" not in a or "/" not in b:
-        return _last(a) == _last(b)
-    if _is_local(a) or _is_local(b):
-        return _is_local(a) and _is_local(b) and base_key(a) == base_key(b)
-    return a.lower() == b.lower()
-
-
 def resolve_adapter_dir(
     model_id: str | Path,
     *,
@@ -479,7 +451,7 @@ class CustomIntrinsicAdapter:
             model_id, intrinsic_name=intrinsic_name, base_model_name=base_model_name, revision=revision
         )
         self.info = AdapterInfo.read(self.path)
-        self.name = intrinsic_name or found_name or _last(model_id)
+        self.name = intrinsic_name or found_name or last_component(model_id)
         self.base_model_name = base_model_name or self.info.base_model
         if not same_base_model(self.base_model_name, self.info.base_model):
             raise AdapterError(

@@ -38,9 +38,9 @@ def json_line(value: Any) -> str:
 def generate(info: AdapterInfo) -> str:
     """A correct io.yaml for this adapter: its answer is exactly one label.
 
-    It names the base model by reports.public_name(), so it never holds a local path.
+    It names the base model by names.public_name(), so it never holds a local path.
     """
-    from validora.reports import public_name
+    from validora.names import public_name
 
     schema = json_line(response_schema(info.labels))
     longest = max(len(ids) for ids in info.prompt.get("label_ids", {}).values() or [[0] * 8])

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from validora.names import last_component, same_base_model
+
 KINDS = ("alora", "lora")
 MARKER = "validora.json"
 # Never part of an adapter: pickles (validora loads safetensors only) and files that look like data.
@@ -31,10 +33,6 @@ class Located:
 
 def intrinsic_path(intrinsic_name: str, base_model_name: str, kind: str) -> str:
     return f"{intrinsic_name}/{base_model_name}/{kind}"
-
-
-def _key(name: str) -> str:
-    return Path(name.rstrip("/")).name.lower()
 
 
 def _candidates(paths: Iterable[str]) -> list[Located]:
@@ -77,8 +75,8 @@ def choose(
     if intrinsic_name:
         found = [c for c in found if c.intrinsic_name == intrinsic_name]
     if base_model_name:
-        found = [c for c in found if _key(c.base_model_name or "") == _key(base_model_name)]
-    pairs = {(c.intrinsic_name, _key(c.base_model_name or "")) for c in found}
+        found = [c for c in found if same_base_model(c.base_model_name or "", base_model_name)]
+    pairs = {(c.intrinsic_name, last_component(c.base_model_name or "")) for c in found}
     if len(pairs) == 1:
         return min(found, key=lambda c: KINDS.index(c.kind or "lora"))
     listing = ", ".join(c.path.as_posix() for c in every) or "none"

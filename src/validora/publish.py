@@ -19,6 +19,7 @@ from validora import hub, ioyaml, layouts, reports
 from validora.adapters import CONFIG_FILE, INFO_FILE, AdapterInfo
 from validora.errors import AdapterError, HubError
 from validora.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
+from validora.names import public_name
 
 MAX_OTHER_BYTES = 10 * 1024 * 1024  # anything this large that is not weights is probably data
 MEMORISATION_WARNING = (
@@ -83,7 +84,7 @@ def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list
 
 
 # Keys whose values are model or file locations, wherever they sit in validora.json, adapter_config.json
-# and metrics.json; each is published through reports.public_name().
+# and metrics.json; each is published through names.public_name().
 SCRUBBED_FILES = (INFO_FILE, CONFIG_FILE, "metrics.json")
 PATH_KEYS = frozenset(
     {"base_model", "basemodel", "base_model_name_or_path", "datafile", "outfile", "promptfile"}
@@ -99,7 +100,7 @@ def scrub(value: Any, removed: set[str]) -> Any:
     out = {}
     for key, v in value.items():
         if key in PATH_KEYS and isinstance(v, str):
-            out[key] = reports.public_name(v)
+            out[key] = public_name(v)
             folder = v.rstrip("/\\")[: -len(out[key]) or None].rstrip("/\\")
             if re.search(r"[/\\]", folder.strip("/\\")):  # two levels or more: specific enough to look for
                 removed.add(folder)

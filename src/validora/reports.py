@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from validora.adapters import AdapterInfo
 from validora.metrics import Metrics
+from validora.names import public_name
 
 
 def _pyplot() -> Any:
@@ -80,19 +80,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-_HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")
-
-
-def public_name(name: str) -> str:
-    """A model or file name as it may leave this machine: the one rule for everything published.
-
-    An alias or hub id (``org/name``) is kept; a local path (absolute, ``~``, ``./``, ``../``, Windows,
-    or more than one ``/``) keeps only its last component, so no directory name is published.
-    """
-    stripped = name.rstrip("/\\")
-    return stripped if _HUB_ID.fullmatch(stripped) else re.split(r"[/\\]", stripped)[-1]
 
 
 def hub_base_model(name: str) -> str | None:

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from validora.adapters import CustomIntrinsicAdapter, attach, base_key, prompt_format
+from validora.adapters import CustomIntrinsicAdapter, attach, prompt_format
 from validora.checks import Check, CheckResult, score_checks
 from validora.errors import AdapterError, ConfigError
 from validora.models import load_base_model
+from validora.names import same_base_model
 from validora.prompting import JUDGE_MAX_LENGTH, JudgeFormat, PromptFormat
 from validora.scoring import base_model_only
 
@@ -80,7 +81,7 @@ class LocalHFBackend:
         )
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
-        if base_key(adapter.info.base_model) != base_key(self.model_id):
+        if not same_base_model(adapter.info.base_model, self.model_id):
             raise AdapterError(
                 f"Adapter {adapter.name!r} was trained on {adapter.info.base_model!r} but this backend runs "
                 f"{self.model_id!r}."
