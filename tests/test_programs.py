@@ -270,3 +270,12 @@ def test_base_model_mismatch_is_a_clear_error(trained_adapter, tmp_path, backend
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(other)))
     with pytest.raises(AdapterError, match="not found"):
         CustomIntrinsicAdapter(model_id=str(tmp_path / "missing"))
+
+
+def test_a_judge_check_does_not_shorten_the_adapter_checks_of_a_long_output(backend):
+    """Judge and adapter prompts never share a cache, so each kind cuts a long output by its own room."""
+    long = " ".join([NOTE] * 120)  # well over the 1024-token budget of both kinds
+    (alone,) = backend.check(long, [("engine", SEED_REQ)])
+    together, _ = backend.check(long, [("engine", SEED_REQ), (None, "Mentions RPM.")])
+    for label in LABELS:
+        assert together.scores.probs[label] == pytest.approx(alone.scores.probs[label], abs=1e-5)

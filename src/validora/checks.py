@@ -162,10 +162,13 @@ def score_checks(
     `alora[name]` says whether adapter `name` is an aLoRA adapter (True for the base model).
     """
     results: list[CheckResult | None] = [None] * len(checks)
-    # Every check sees the output cut at the same place (the tightest check's room), so that a long
-    # output is shared rather than truncated differently per requirement line; each prompt encoded once.
-    room = min(c.fmt.room(c.requirement) for c in checks)
-    prefixes = [c.fmt.encode(item, c.requirement, room=room).prefix for c in checks]
+    # Every check of one prompt kind (adapter prompts, judge prompts: they never share a cache) sees
+    # the output cut at the same place (that kind's tightest room), so that a long output is shared
+    # rather than truncated differently per requirement line; each prompt is encoded once.
+    rooms: dict[type, int] = {}
+    for c in checks:
+        rooms[type(c.fmt)] = min(rooms.get(type(c.fmt), c.fmt.room(c.requirement)), c.fmt.room(c.requirement))
+    prefixes = [c.fmt.encode(item, c.requirement, room=rooms[type(c.fmt)]).prefix for c in checks]
     shared = [i for i, c in enumerate(checks) if alora.get(c.adapter, False)]
     for i, check in enumerate(checks):
         if i not in shared:
