@@ -56,6 +56,8 @@ HEDGES = {"need", "needs", "have", "has", "had", "necessarily", "always", "only"
 GOVERNORS = HEADS | FILLERS | HEDGES
 NEGATIVE_WORDS = {"forbidden", "forbid", "prohibited", "prohibit", "disallowed", "disallow", "unacceptable"}
 NEGATIVE_WORDS |= {"wrong", "reject", "rejected", "exclude", "excluded", "avoid", "without"}
+NEGATIVE_WORDS |= {"false", "untrue", "incorrect", "fail", "fails", "stop", "stops", "cease", "ceases"}
+NEGATIVE_WORDS |= {"rarely", "seldom", "hardly", "barely", "lack", "lacks"}
 CONDITIONS = {"if", "unless", "when", "whenever", "where", "while", "whereas", "because", "since"}
 CONDITIONS |= {"although", "though"}
 JOINERS = {"and", "or", "nor", "but", "so", "then"}
@@ -415,13 +417,15 @@ def validate_output(backend: Any, output: str, requirements: Sequence[Requiremen
         score = check.scores.prob(sorted(passing))
         passed = score >= r.threshold
         who = f"adapter {name!r}" if name else "the base model (yes/no judge)"
+        failing = ", ".join(label for label in check.scores.probs if label not in passing)
         results.append(
             ValidationResult(
                 passed=passed,
                 score=score,
                 reason=(
                     f"{who} gives P({' or '.join(sorted(passing))}) = {score:.3f} "
-                    f"{'≥' if passed else '<'} {r.threshold}; most probable: {check.scores.label}"
+                    f"{'≥' if passed else '<'} {r.threshold} (failing labels: {failing}); "
+                    f"most probable: {check.scores.label}"
                 ),
                 requirement=r.description,
                 label=check.scores.label,
