@@ -202,7 +202,9 @@ def _check_writable(target: Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # missing folders are created at save time, inside this one
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent)
+        with suppress(FileNotFoundError):  # another run's cleanup may have taken it already
+            os.rmdir(probe)
         free = shutil.disk_usage(parent).free
     except OSError as exc:
         raise AdapterError(
@@ -275,14 +277,12 @@ def private_tempdir(target: Path, kind: str) -> Path:
 
 def _swap_into_place(staging: Path, target: Path) -> None:
     """Two renames with SIGINT/SIGTERM held back; a kill in between is undone by recover()."""
-    with _signals_deferred():
-        if not target.exists():
-            os.replace(staging, target)
-            return
-        lock = _lock(target)
-        if lock is None:
-            raise AdapterError(f"Another validora run is replacing {target} right now; try again after it.")
-        try:
+    lock = _wait_for_lock(target) if target.exists() else -1
+    try:
+        with _signals_deferred():
+            if not target.exists():
+                os.replace(staging, target)
+                return
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             old.rmdir()
             os.replace(target, old)
@@ -293,9 +293,9 @@ def _swap_into_place(staging: Path, target: Path) -> None:
                 os.replace(old, target)  # put the earlier adapter back
                 raise
             shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if lock >= 0:
-                os.close(lock)
+    finally:
+        if lock >= 0:
+            os.close(lock)
 
 
 @contextmanager
@@ -324,6 +324,16 @@ def _pause_for_tests(moment: str) -> None:
     if delay := os.environ.get(SWAP_DELAY_ENV):
         print(f"validora-test: {moment}", file=sys.stderr, flush=True)
         time.sleep(float(delay))
+
+
+def _wait_for_lock(target: Path, seconds: float = 60.0) -> int:
+    """Another run's swap of the same target takes milliseconds: wait for it rather than discard ours."""
+    deadline = time.monotonic() + seconds
+    while (lock := _lock(target)) is None:
+        if time.monotonic() > deadline:
+            raise AdapterError(f"Another validora run has been replacing {target} for over a minute.")
+        time.sleep(0.2)
+    return lock
 
 
 def _lock(directory: Path) -> int | None:
