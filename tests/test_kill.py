@@ -29,7 +29,7 @@ from validora.cli import app
 
 from .conftest import ROOT, engine_rows, write_jsonl
 
-PAUSE = 3  # seconds the save waits at each test point
+PAUSE = 8  # seconds the save waits at each test point (a signal there ends the wait, unless deferred)
 USER_FILES = {"io.yaml": "model: null\n", "notes.txt": "mine, not validora's"}
 
 
