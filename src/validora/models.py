@@ -45,11 +45,6 @@ class BaseModelSpec:
     kind: str  # "embedded" | "gguf" | "dir" | "hub"
     location: str  # hub id, directory or GGUF file path
 
-    @property
-    def short_name(self) -> str:
-        """Last path component, the form Mellea-style code passes as base_model_name."""
-        return Path(self.name.rstrip("/")).name
-
 
 @dataclass
 class LoadedModel:

@@ -69,10 +69,6 @@ def confusion_matrix(metrics: Metrics, path: Path, title: str = "Validation conf
     plt.close(fig)
 
 
-def per_label_rows(metrics: Metrics) -> list[tuple[str, float, float, float, int]]:
-    return [(label, s.precision, s.recall, s.f1, s.support) for label, s in metrics.per_label.items()]
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
