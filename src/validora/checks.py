@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from validora.prompting import Format
 from validora.scoring import (
     LabelScores,
     Packed,
@@ -40,7 +41,7 @@ class Check:
     """One requirement judged by one adapter (None: the base model, e.g. a yes/no judge format)."""
 
     adapter: str | None
-    fmt: Any  # PromptFormat or anything with labels, label_ids, invocation_ids, pad_id, room(), encode()
+    fmt: Format  # PromptFormat, JudgeFormat: labels, label_ids, invocation_ids, pad_id, room(), encode()
     requirement: str | None
 
 

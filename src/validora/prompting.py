@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from validora.errors import ConfigError, DataError
 
@@ -84,6 +84,34 @@ class Encoded:
 
     prefix: list[int]
     truncated: int
+
+
+@runtime_checkable
+class Format(Protocol):
+    """What a check needs from a prompt format (`PromptFormat`, `JudgeFormat`): its prompt's token ids.
+
+    A check's prompt is `encode(...).prefix + invocation_ids + label_ids[label]` for each label.
+    """
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    @property
+    def label_ids(self) -> dict[str, list[int]]: ...  # each label's tokens, its last only a target
+
+    @property
+    def invocation_ids(self) -> list[int]: ...  # where an aLoRA adapter becomes active
+
+    @property
+    def pad_id(self) -> int: ...
+
+    def room(self, requirement: str | None = None) -> int:
+        """How many of the output's tokens fit beside this requirement."""
+        ...
+
+    def encode(self, item: str, requirement: str | None = None, *, room: int | None = None) -> Encoded:
+        """The prompt's prefix ids, the output cut from the left to at most `room` tokens."""
+        ...
 
 
 class PromptFormat:
