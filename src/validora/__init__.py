@@ -22,6 +22,7 @@ _EXPORTS = {
     "TrainReport": "validora.training",
     "train": "validora.training",
     "Validator": "validora.validator",
+    "Backend": "validora.backends.base",
     "LocalHFBackend": "validora.backends.huggingface",
     "CustomIntrinsicAdapter": "validora.adapters",
     "ChatContext": "validora.context",

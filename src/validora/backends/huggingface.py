@@ -5,28 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from validora.adapters import CustomIntrinsicAdapter, attach, prompt_format
+from validora.backends.base import CheckSpec, Generation
 from validora.checks import Check, CheckResult, score_checks
 from validora.errors import AdapterError, ConfigError
 from validora.models import load_base_model
 from validora.names import same_base_model
-from validora.prompting import JUDGE_MAX_LENGTH, JudgeFormat, PromptFormat
+from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
 from validora.scoring import base_model_only
 
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "top_p", "seed"})
 DEFAULT_OPTIONS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None}
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    seconds: float
-    new_tokens: int
 
 
 def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,7 +32,7 @@ def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class LocalHFBackend:
-    """A local model plus validora adapters. One lock serialises model use across threads."""
+    """A local model plus validora adapters (a `Backend`). One lock serialises model use across threads."""
 
     def __init__(
         self,
@@ -140,7 +133,7 @@ class LocalHFBackend:
         return Generation(text, seconds, int(new.numel()))
 
     # ----- checks ------------------------------------------------------------------------------------
-    def check(self, output: str, checks: Sequence[tuple[str | None, str | None]]) -> list[CheckResult]:
+    def check(self, output: str, checks: Sequence[CheckSpec]) -> list[CheckResult]:
         """Score (adapter name, requirement) checks of one output; None as adapter is the yes/no judge.
 
         All aLoRA checks and all judge checks share the output's prefix computation. An adapter trained
@@ -148,14 +141,14 @@ class LocalHFBackend:
         only decides which labels pass, and its checks of one output are one computation.
         """
         with self._lock:  # the adapter tables and the model change together under this lock
-            built: dict[tuple[str | None, str | None], Check] = {}
-            keys = []
+            built: dict[CheckSpec, Check] = {}
+            keys: list[CheckSpec] = []
             for adapter, requirement in checks:
                 if adapter is not None and adapter not in self._formats:
                     raise self._missing(adapter)
                 if adapter is not None and not self._adapters[adapter].info.requirements:
                     requirement = None  # a classifier: its prompt holds the text alone, as in training
-                fmt = self._formats[adapter] if adapter is not None else self._judge
+                fmt: Format = self._formats[adapter] if adapter is not None else self._judge
                 keys.append((adapter, requirement))
                 built.setdefault(keys[-1], Check(adapter, fmt, requirement))  # identical prompts once
             alora: dict[str | None, bool] = {None: True}
