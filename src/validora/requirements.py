@@ -36,9 +36,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from validora.backends.base import Backend, CheckSpec
 from validora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from validora.backends.base import CheckResult
 
 YES_LIKE = {"yes", "true", "pass", "passed", "valid", "compliant", "ok", "good", "1", "y"}
 NO_LIKE = {"no", "false", "fail", "failed", "invalid", "non_compliant", "noncompliant", "bad", "0", "n"}
@@ -374,10 +378,48 @@ def choose_adapter(requirement: Requirement, adapters: dict[str, list[str]]) -> 
     )
 
 
+@dataclass(frozen=True)
+class PythonRoute:
+    """The requirement's `validation_fn` decides; no model is asked."""
+
+
+@dataclass(frozen=True)
+class AdapterRoute:
+    """An added adapter judges; the requirement passes with these of its labels."""
+
+    adapter: str
+    passing: frozenset[str]
+
+
+@dataclass(frozen=True)
+class JudgeRoute:
+    """The base model answers yes or no (the backend's check with adapter None)."""
+
+    passing: frozenset[str] = frozenset({"yes"})
+
+
+Route = PythonRoute | AdapterRoute | JudgeRoute
+
+
+def route(requirement: Requirement, label_sets: dict[str, list[str]], prefer_adapters: bool) -> Route:
+    """Who judges a requirement: its validation_fn, an adapter (named, or chosen by labels), or the judge.
+
+    `label_sets` holds the added adapters' labels; without any, or with `prefer_adapters` False, only a
+    requirement that names its adapter goes to one.
+    """
+    if requirement.validation_fn is not None:
+        return PythonRoute()
+    if (label_sets and prefer_adapters) or requirement.adapter is not None:
+        name = choose_adapter(requirement, label_sets)
+        return AdapterRoute(name, frozenset(requirement.passing_labels(label_sets[name])))
+    return JudgeRoute()
+
+
 def _python_result(requirement: Requirement, output: str) -> ValidationResult:
-    assert requirement.validation_fn is not None
+    if requirement.validation_fn is None:
+        raise ConfigError(f"Requirement {requirement.description!r} has no validation_fn to run.")
     started = time.perf_counter()
-    value: Any = requirement.validation_fn(output)
+    value = requirement.validation_fn(output)
     seconds = time.perf_counter() - started
     if isinstance(value, ValidationResult):
         return value
@@ -392,46 +434,47 @@ def _python_result(requirement: Requirement, output: str) -> ValidationResult:
     )
 
 
-def validate_output(backend: Any, output: str, requirements: Sequence[Requirement]) -> list[ValidationResult]:
+def _model_result(
+    requirement: Requirement, plan: AdapterRoute | JudgeRoute, check: CheckResult
+) -> ValidationResult:
+    passing = plan.passing
+    score = check.scores.prob(sorted(passing))
+    passed = score >= requirement.threshold
+    if isinstance(plan, AdapterRoute):
+        who, name = f"adapter {plan.adapter!r}", plan.adapter
+    else:
+        who, name = "the base model (yes/no judge)", "base-model judge"
+    failing = ", ".join(label for label in check.scores.probs if label not in passing)
+    return ValidationResult(
+        passed=passed,
+        score=score,
+        reason=(
+            f"{who} gives P({' or '.join(sorted(passing))}) = {score:.3f} "
+            f"{'≥' if passed else '<'} {requirement.threshold} (failing labels: {failing}); "
+            f"most probable: {check.scores.label}"
+        ),
+        requirement=requirement.description,
+        label=check.scores.label,
+        probs=check.scores.probs,
+        adapter=name,
+        seconds=check.seconds,
+    )
+
+
+def validate_output(
+    backend: Backend, output: str, requirements: Sequence[Requirement]
+) -> list[ValidationResult]:
     """Judge one output against every requirement; all model checks share one prefix computation."""
     label_sets = backend.adapter_labels()  # one snapshot, taken under the backend's lock
-    use_adapters = bool(label_sets) and backend.default_to_constraint_checking_alora
-    plans: list[tuple[str | None, set[str]] | None] = []
-    for r in requirements:
-        if r.validation_fn is not None:
-            plans.append(None)
-        elif use_adapters or r.adapter is not None:
-            name = choose_adapter(r, label_sets)
-            plans.append((name, r.passing_labels(label_sets[name])))
-        else:
-            plans.append((None, {"yes"}))
-    model_checks = [(p[0], r.description) for p, r in zip(plans, requirements, strict=True) if p is not None]
+    prefer = backend.default_to_constraint_checking_alora
+    plans = [route(r, label_sets, prefer) for r in requirements]
+    model_checks: list[CheckSpec] = [
+        (p.adapter if isinstance(p, AdapterRoute) else None, r.description)
+        for p, r in zip(plans, requirements, strict=True)
+        if not isinstance(p, PythonRoute)
+    ]
     scored = iter(backend.check(output, model_checks) if model_checks else [])
-    results = []
-    for plan, r in zip(plans, requirements, strict=True):
-        if plan is None:
-            results.append(_python_result(r, output))
-            continue
-        name, passing = plan
-        check = next(scored)
-        score = check.scores.prob(sorted(passing))
-        passed = score >= r.threshold
-        who = f"adapter {name!r}" if name else "the base model (yes/no judge)"
-        failing = ", ".join(label for label in check.scores.probs if label not in passing)
-        results.append(
-            ValidationResult(
-                passed=passed,
-                score=score,
-                reason=(
-                    f"{who} gives P({' or '.join(sorted(passing))}) = {score:.3f} "
-                    f"{'≥' if passed else '<'} {r.threshold} (failing labels: {failing}); "
-                    f"most probable: {check.scores.label}"
-                ),
-                requirement=r.description,
-                label=check.scores.label,
-                probs=check.scores.probs,
-                adapter=name or "base-model judge",
-                seconds=check.seconds,
-            )
-        )
-    return results
+    return [
+        _python_result(r, output) if isinstance(plan, PythonRoute) else _model_result(r, plan, next(scored))
+        for plan, r in zip(plans, requirements, strict=True)
+    ]

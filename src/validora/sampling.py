@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,3 @@ class MultiTurnStrategy(RejectionSamplingStrategy):
                 "content": f"Your answer does not meet these requirements:\n{problems}\nPlease try again.",
             },
         ]
-
-
-def summarize(validations: Sequence[ValidationResult]) -> str:
-    return ", ".join(
-        f"{'PASS' if v.passed else 'FAIL'} {v.requirement!r} ({v.score:.2f})" for v in validations
-    )

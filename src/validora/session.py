@@ -7,10 +7,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from validora.backends.base import Backend
 from validora.context import ChatContext
 from validora.errors import ConfigError
 from validora.requirements import Requirement, ValidationResult, req, validate_output
-from validora.sampling import ModelOutput, RejectionSamplingStrategy, SamplingResult
+from validora.sampling import Attempt, ModelOutput, RejectionSamplingStrategy, SamplingResult
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -35,7 +36,14 @@ def _requirements(items: Sequence[Requirement | str] | None) -> list[Requirement
 
 
 class Session:
-    def __init__(self, backend: Any, ctx: ChatContext | None = None):
+    """A conversation with one backend: each call adds a user turn and the chosen answer."""
+
+    def __init__(self, backend: Backend, ctx: ChatContext | None = None):
+        if not isinstance(backend, Backend):
+            raise ConfigError(
+                f"Session needs a backend such as LocalHFBackend (generate, check, adapter_labels, "
+                f"default_to_constraint_checking_alora), not {type(backend).__name__}."
+            )
         self.backend = backend
         self.ctx = ctx if ctx is not None else ChatContext()
 
@@ -48,7 +56,7 @@ class Session:
             raise ConfigError("Nothing to validate: no output given and no assistant message in the context.")
         return validate_output(self.backend, text, _requirements(requirements))
 
-    def _attempt(self, requirements: list[Requirement]) -> Any:
+    def _attempt(self, requirements: list[Requirement]) -> Attempt:
         def attempt(messages: list[dict[str, str]], options: dict[str, Any]) -> ModelOutput:
             gen = self.backend.generate(messages, options)
             started = time.perf_counter()
