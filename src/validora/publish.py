@@ -116,7 +116,7 @@ def _public_json(path: Path, public: AdapterInfo, removed: set[str]) -> bytes:
     except (ValueError, UnicodeDecodeError) as exc:
         raise AdapterError(f"{path} is not valid JSON: {exc}") from None
     if path.name == CONFIG_FILE and isinstance(data, dict):  # PEFT's field: the hub id when there is one
-        data["base_model_name_or_path"] = reports.hub_base_model(public.base_model) or public.base_model
+        data["base_model_name_or_path"] = reports.public_base(public.base_model)
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -189,7 +189,7 @@ def build(
     io_text = ioyaml.validate(io_yaml or own_io, info.labels) if io_yaml or own_io.is_file() else None
     if intrinsic:
         name = intrinsic_name or directory.resolve().name
-        base = (reports.hub_base_model(public.base_model) or public.base_model).split("/")[-1]
+        base = reports.public_base(public.base_model).split("/")[-1]
         for what, segment in (("intrinsic name", name), ("base model name", base)):
             if not _SEGMENT.match(segment):
                 raise HubError(

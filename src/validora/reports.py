@@ -87,10 +87,15 @@ def hub_base_model(name: str) -> str | None:
     return name if "/" in name and public_name(name) == name else None
 
 
+def public_base(name: str) -> str:
+    """How published files name the base model: its hub id, else its public name."""
+    return hub_base_model(name) or public_name(name)
+
+
 def _usage(info: AdapterInfo, repo_id: str | None, intrinsic_name: str | None) -> str:
     """How to load the adapter: by hub id once published, from its directory before."""
     where = repo_id or "./this-adapter"
-    base = hub_base_model(info.base_model) or public_name(info.base_model)
+    base = public_base(info.base_model)
     extra = f", intrinsic_name={intrinsic_name!r}" if intrinsic_name else ""
     label = info.labels[-1]
     return f"""```bash
