@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from validora.packing import Segment, pack
 from validora.prompting import Format
 from validora.scoring import (
     LabelScores,
-    Packed,
     base_model_only,
     branch_logprobs,
     empty_prefix,
@@ -49,92 +49,6 @@ class Check:
 class CheckResult:
     scores: LabelScores
     seconds: float  # this check's share of its shared pass, or its own full path for LoRA
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One check in a packed row: its own base-model tokens, then its invocation and labels.
-
-    Every segment sees the whole shared context (the cache, or the row's lead) and its own tokens.
-    """
-
-    start: int  # position id of its first token
-    prelude: Sequence[int]  # base-model tokens (the rest of its requirement line), in the row's front part
-    stem: Sequence[int]  # the invocation, where an aLoRA adapter starts
-    branches: Sequence[Sequence[int]]  # each fed without its last token, which is only a target
-
-
-def pack_segments(
-    rows: Sequence[Sequence[Segment]],
-    adapters: Sequence[str | None],
-    pad_id: int,
-    *,
-    cache_width: int = 0,
-    lead: Sequence[int] = (),
-) -> Packed:
-    """Rows of independent segments over one shared context, one adapter per row, for a single forward.
-
-    The shared context is either `cache_width` cached columns or, for a single row, the `lead` tokens
-    placed at the row's start. A row then holds every prelude (identical ones once) and then every
-    stem and its branches, so that an aLoRA adapter is active exactly on the row's tail.
-    """
-    if lead and len(rows) != 1:
-        raise ValueError("Only a single row can carry the shared context as its lead.")
-    n_lead = len(lead)
-    preludes = [list(dict.fromkeys(tuple(seg.prelude) for seg in row if seg.prelude)) for row in rows]
-    widths = [
-        n_lead + sum(map(len, pre)) + sum(len(s.stem) + sum(len(b) - 1 for b in s.branches) for s in row)
-        for pre, row in zip(preludes, rows, strict=True)
-    ]
-    width = max(widths)
-    n = len(rows)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((n, width), dtype=torch.long)
-    own = torch.zeros((n, width, width), dtype=torch.bool)
-    seen = torch.zeros((n, width, cache_width), dtype=torch.bool)
-    targets: list[list[tuple[list[int], list[int]]]] = []
-    starts: list[int] = []
-
-    def place(r: int, col: int, tokens: Sequence[int], first_position: int) -> slice:
-        cols = slice(col, col + len(tokens))
-        ids[r, cols] = torch.tensor(list(tokens), dtype=torch.long)
-        positions[r, cols] = torch.arange(first_position, first_position + len(tokens))
-        own[r, cols, cols] = torch.ones((len(tokens), len(tokens)), dtype=torch.bool).tril()
-        return cols
-
-    for r, (pre, row) in enumerate(zip(preludes, rows, strict=True)):
-        shared = place(r, 0, lead, 0) if lead else slice(0, 0)
-        prelude_cols: dict[tuple[int, ...], slice] = {}
-        col = n_lead
-        for tokens in pre:
-            prelude_cols[tokens] = place(
-                r, col, tokens, next(s.start for s in row if tuple(s.prelude) == tokens)
-            )
-            col += len(tokens)
-        starts.append(col)
-        row_targets = []
-        for seg in row:
-            front = prelude_cols.get(tuple(seg.prelude), slice(0, 0))
-            stem_start = seg.start + len(seg.prelude)
-            stem = place(r, col, seg.stem, stem_start)
-            own[r, stem, front] = True
-            col = stem.stop
-            for branch in seg.branches:
-                cols = place(r, col, branch[:-1], stem_start + len(seg.stem))
-                own[r, cols, front] = True
-                own[r, cols, stem] = True
-                row_targets.append(([stem.stop - 1, *range(cols.start, cols.stop)], list(branch)))
-                col = cols.stop
-            for part in (front, slice(stem.start, col)):
-                own[r, part, shared] = True
-                seen[r, part] = True
-        pads = list(range(col, width))
-        own[r, pads, pads] = True  # padding attends to itself only, so no row of the mask is empty
-        targets.append(row_targets)
-    return Packed(
-        ids=ids, positions=positions, suffix_mask=own, targets=targets, cache_mask=seen,
-        adapter_starts=starts, adapters=list(adapters), causal_lead=n_lead,
-    )  # fmt: skip
 
 
 def _common_length(rows: Sequence[Sequence[int]]) -> int:
@@ -208,7 +122,6 @@ def _shared_pass(
     rows = [
         [
             Segment(
-                start=n_common,
                 prelude=prefixes[i][n_common:],
                 stem=checks[i].fmt.invocation_ids,
                 branches=[checks[i].fmt.label_ids[label] for label in checks[i].fmt.labels],
@@ -220,18 +133,18 @@ def _shared_pass(
     common = prefixes[0][:n_common]
     if len(rows) == 1:
         (adapter,) = by_adapter
-        packed = pack_segments(rows, [adapter], pad_id, lead=common)
-        packed.adapters = None  # one adapter: activated as usual, cheaper than a mixed batch
+        packed = pack(rows, pad_id, leads=[common], adapters=[adapter], causal_lead=True)
+        # One adapter is activated as usual, cheaper than a mixed batch; on an aLoRA model the base
+        # model's row already gives the active adapter no token.
         if adapter is None and is_alora(model):
-            packed.adapter_starts = [packed.ids.shape[1]]  # the active aLoRA adapter applies to no token
             context: AbstractContextManager[None] = nullcontext()
         else:
             context = _activate(model, adapter)
         with context:
             logits = suffix_forward(model, empty_prefix(1, next(model.parameters()).device), packed)
     else:
-        packed = pack_segments(rows, list(by_adapter), pad_id, cache_width=n_common)
         prefix = expand_prefix(prefill(model, [common], pad_id), len(rows))
+        packed = pack(rows, pad_id, cache=prefix.mask, adapters=list(by_adapter))
         logits = suffix_forward(model, prefix, packed)
     logps = branch_logprobs(logits, packed)
     share = (time.perf_counter() - started) / len(checks)

@@ -2,10 +2,10 @@
 
 An item's prefix (item + requirement line) is run once through the base model. Its suffixes are
 then scored in one forward per batch: each row holds the invocation once ("stem") followed by every
-label + end-of-turn ("branches") packed after it, with a 4-D attention mask in which each branch
-sees the prefix, the stem and only its own earlier tokens, and position ids that restart after the
-stem for every branch. Copying the cache once per label would cost as much as the prefill itself.
-Training uses the same pass with one branch (the gold label) per row.
+label + end-of-turn ("branches") packed after it (the layout is `packing.pack`), with a 4-D attention
+mask in which each branch sees the prefix, the stem and only its own earlier tokens, and position ids
+that restart after the stem for every branch. Copying the cache once per label would cost as much as
+the prefill itself. Training uses the same pass with one branch (the gold label) per row.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from validora.attention import CAUSAL_LEAD
+from validora.packing import Packed, Segment, pack
 from validora.prompting import PromptFormat
 
 StoredKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), shape [heads, len, dim]
@@ -141,10 +142,6 @@ def split_prefix(prefix: Prefix) -> list[StoredKV]:
     return out
 
 
-def stored_bytes(stored: StoredKV) -> int:
-    return sum(k.numel() * k.element_size() * 2 for k, _ in stored)
-
-
 def join_prefix(items: Sequence[StoredKV], device: torch.device) -> Prefix:
     """Rebuild a left-padded batch cache from per-item stored caches."""
     from transformers import DynamicCache
@@ -168,90 +165,6 @@ def join_prefix(items: Sequence[StoredKV], device: torch.device) -> Prefix:
         mask=mask,
         lengths=torch.tensor(lengths, device=device),
     )
-
-
-@dataclass
-class Packed:
-    """Rows of stem then branches, with their mask and where each branch's tokens are predicted."""
-
-    ids: torch.Tensor  # [B, S]
-    positions: torch.Tensor  # [B, S] relative to the cached prefix's end
-    suffix_mask: torch.Tensor  # [B, S, S] bool, True where attention is allowed
-    # per row, per branch: (positions whose logits predict the branch tokens, the branch token ids)
-    targets: list[list[tuple[list[int], list[int]]]]
-    adapter_start: int = 0  # aLoRA weights apply from this column on
-    adapter_starts: list[int] | None = None  # per row, instead of adapter_start
-    # per row, the adapter it runs (None: the base model), all in one forward (PEFT's mixed batches)
-    adapters: list[str | None] | None = None
-    causal_lead: int = 0  # leading columns that are plain causal text (single row, nothing cached)
-    # [B, S, C] which cached columns each token sees; None: the prefix's real tokens, and positions
-    # are relative to each row's prefix end. When given, positions are absolute.
-    cache_mask: torch.Tensor | None = None
-
-    @functools.cached_property
-    def kept(self) -> list[int]:
-        """The only columns whose logits are needed (the LM head is a fifth of the model's compute)."""
-        return sorted({p for row in self.targets for positions, _ in row for p in positions})
-
-
-def pack(
-    stems: Sequence[Sequence[int]],
-    branches: Sequence[Sequence[Sequence[int]]],
-    pad_id: int,
-    *,
-    lead: Sequence[int] | None = None,
-    adapter_start: int = 0,
-) -> Packed:
-    """Lay out `stem + branch_1 + branch_2 + ...` per row (each branch minus its last token); stems share one length.
-
-    `lead[r]` left-padding tokens at the start of row r's stem are hidden and not counted in positions.
-    """
-    n_stem = len(stems[0])
-    lead = lead or [0] * len(stems)
-    # A branch's last token is only ever a target (nothing after it is scored), so it is not fed in.
-    widths = [n_stem + sum(len(b) - 1 for b in row) for row in branches]
-    width = max(widths)
-    rows = len(branches)
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((rows, width), dtype=torch.long)
-    allowed = torch.zeros((rows, width, width), dtype=torch.bool)
-    stem_causal = torch.ones((n_stem, n_stem), dtype=torch.bool).tril()
-    targets: list[list[tuple[list[int], list[int]]]] = []
-    for r, (stem, row) in enumerate(zip(stems, branches, strict=True)):
-        skip = lead[r]
-        ids[r, :n_stem] = torch.tensor(list(stem), dtype=torch.long)
-        positions[r, :n_stem] = (torch.arange(n_stem) - skip).clamp(min=0)
-        allowed[r, :n_stem, :n_stem] = stem_causal
-        allowed[r, :, :skip] = False
-        start = n_stem
-        row_targets = []
-        for branch in row:
-            n = len(branch) - 1
-            end = start + n
-            ids[r, start:end] = torch.tensor(list(branch[:-1]), dtype=torch.long)
-            positions[r, start:end] = torch.arange(n_stem, n_stem + n) - skip
-            allowed[r, start:end, skip:n_stem] = True
-            allowed[r, start:end, start:end] = torch.ones((n, n), dtype=torch.bool).tril()
-            # token j of the branch is predicted by the stem's last token (j=0) or the branch's token j-1
-            row_targets.append(([n_stem - 1, *range(start, end)], list(branch)))
-            start = end
-        pads = [*range(skip), *range(start, width)]
-        allowed[r, pads, pads] = True  # padding attends to itself only, so no row of the mask is empty
-        targets.append(row_targets)
-    return Packed(ids, positions, allowed, targets, adapter_start)
-
-
-def pack_full(
-    prefixes: Sequence[Sequence[int]],
-    stem: Sequence[int],
-    branches: Sequence[Sequence[Sequence[int]]],
-    pad_id: int,
-) -> Packed:
-    """The no-cache layout: left-padded prefix + stem + branches in one row, for a plain full forward."""
-    width = max(len(p) for p in prefixes)
-    lead = [width - len(p) for p in prefixes]
-    stems = [[pad_id] * n + list(p) + list(stem) for n, p in zip(lead, prefixes, strict=True)]
-    return pack(stems, branches, pad_id, lead=lead, adapter_start=width)
 
 
 def expand_prefix(prefix: Prefix, rows: int) -> Prefix:
@@ -281,40 +194,35 @@ def empty_prefix(rows: int, device: torch.device) -> Prefix:
 
 
 def suffix_forward(model: Any, prefix: Prefix, packed: Packed) -> torch.Tensor:
-    """Logits at `packed.kept` columns of the suffix rows on top of the prefix cache.
+    """Logits at `packed.kept` columns of the packed rows on top of the prefix cache.
 
-    An aLoRA adapter is active on exactly the columns from `packed.adapter_start` (or the row's
-    `adapter_starts`) on; with `packed.adapters`, each row runs its own adapter in the same forward.
+    An aLoRA adapter is active on exactly the columns from each row's `packed.adapter_starts` on;
+    rows of several adapters each run their own in the same forward (PEFT's mixed batches).
     """
     device = prefix.mask.device
-    rows, width = packed.ids.shape
-    if packed.cache_mask is None:
-        seen = prefix.mask.bool()[:, None, :].expand(rows, width, prefix.width)
-        positions = packed.positions.to(device) + prefix.lengths[:, None]
-    else:
-        seen = packed.cache_mask.to(device)
-        positions = packed.positions.to(device)
-    allowed = torch.cat([seen, packed.suffix_mask.to(device)], dim=-1)
+    width = packed.ids.shape[1]
+    if packed.cache_width != prefix.width:
+        raise ValueError(f"Rows packed over {packed.cache_width} cached columns, not {prefix.width}.")
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = torch.zeros(packed.mask.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~packed.mask.to(device), torch.finfo(dtype).min)
     kwargs: dict[str, Any] = {}
-    starts = packed.adapter_starts or [packed.adapter_start] * rows
-    if packed.adapters is not None and is_peft(model):
-        kwargs["adapter_names"] = [name or "__base__" for name in packed.adapters]
-        kwargs["alora_offsets"] = [width - start for start in starts]
-    elif packed.adapters is not None and any(packed.adapters):
-        raise ValueError(f"Rows ask for adapters {packed.adapters} but the model has none.")
+    offsets = [width - start for start in packed.adapter_starts]
+    if packed.mixed:
+        if not is_peft(model):
+            raise ValueError(f"Rows ask for adapters {packed.adapters} but the model has none.")
+        kwargs["adapter_names"] = [name or "__base__" for name in packed.adapters or ()]
+        kwargs["alora_offsets"] = offsets
     elif is_alora(model):
-        kwargs["alora_offsets"] = [width - start for start in starts]
+        kwargs["alora_offsets"] = offsets
     if packed.causal_lead:
         kwargs[CAUSAL_LEAD] = packed.causal_lead
     out = model(
         input_ids=packed.ids.to(device),
         attention_mask=mask[:, None],
-        position_ids=positions,
+        position_ids=packed.positions.to(device),
         logits_to_keep=torch.tensor(packed.kept, device=device) if packed.kept else 1,
         **cache_kwargs(model, prefix.cache),
         **kwargs,
@@ -345,12 +253,15 @@ def _sums(logits: torch.Tensor, packed: Packed) -> torch.Tensor:
     return torch.stack([torch.stack([lp.sum() for lp in row]) for row in branch_logprobs(logits, packed)])
 
 
+def _label_rows(fmt: PromptFormat, rows: int) -> list[list[Segment]]:
+    """Every row: the invocation, then every label + end-of-turn as a branch."""
+    return [[Segment(fmt.invocation_ids, [fmt.label_ids[label] for label in fmt.labels])]] * rows
+
+
 @torch.no_grad()
 def label_loglik(model: Any, fmt: PromptFormat, prefix: Prefix) -> torch.Tensor:
     """Sequence log-likelihood of every label for each cached prefix in the batch: [B, K]."""
-    rows = prefix.mask.shape[0]
-    branches = [[fmt.label_ids[label] for label in fmt.labels]] * rows
-    packed = pack([fmt.invocation_ids] * rows, branches, fmt.pad_id)
+    packed = pack(_label_rows(fmt, prefix.mask.shape[0]), fmt.pad_id, cache=prefix.mask)
     try:
         logits = suffix_forward(model, prefix, packed)
     finally:
@@ -362,8 +273,7 @@ def label_loglik(model: Any, fmt: PromptFormat, prefix: Prefix) -> torch.Tensor:
 def full_loglik(model: Any, fmt: PromptFormat, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
     """The same log-likelihoods without a shared cache: LoRA adapters change the prefix, so it is recomputed."""
     device = next(model.parameters()).device
-    branches = [[fmt.label_ids[label] for label in fmt.labels]] * len(prefixes)
-    packed = pack_full(prefixes, fmt.invocation_ids, branches, fmt.pad_id)
+    packed = pack(_label_rows(fmt, len(prefixes)), fmt.pad_id, leads=prefixes)
     return _sums(suffix_forward(model, empty_prefix(len(prefixes), device), packed), packed)
 
 

@@ -26,6 +26,7 @@ from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
+from validora.packing import Segment, pack
 from validora.prompting import PromptFormat, load_promptfile
 
 ADAPTER_TYPES = ("alora", "lora")
@@ -294,15 +295,13 @@ class Trainer:
     # ----- the loss ----------------------------------------------------------------------------------
     def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> tuple[torch.Tensor, int]:
         """Mean negative log-likelihood of the gold label + end tokens, and their count."""
-        branches = [[self.fmt.label_ids[e.label]] for e in batch]
+        rows = [[Segment(self.fmt.invocation_ids, [self.fmt.label_ids[e.label]])] for e in batch]
         if self.uses_cache:
             prefix = self._prefix(keys, batch)
-            packed = scoring.pack([self.fmt.invocation_ids] * len(batch), branches, self.fmt.pad_id)
+            packed = pack(rows, self.fmt.pad_id, cache=prefix.mask)
         else:
             prefix = scoring.empty_prefix(len(batch), self.device)
-            packed = scoring.pack_full(
-                [e.prefix for e in batch], self.fmt.invocation_ids, branches, self.fmt.pad_id
-            )
+            packed = pack(rows, self.fmt.pad_id, leads=[e.prefix for e in batch])
         logits = self._forward(prefix, packed)
         token_logps = torch.cat([lp for row in scoring.branch_logprobs(logits, packed) for lp in row])
         return -token_logps.mean(), int(token_logps.numel())
