@@ -22,9 +22,8 @@ runner = CliRunner()
 
 
 def make_trainer(fresh_model, data: Path, **overrides) -> Trainer:
-    config = TrainConfig(
-        datafile=str(data), outfile=str(data.parent / "never"), device="cpu", dropout=0.0, **overrides
-    )
+    options = {"device": "cpu", "dropout": 0.0, **overrides}
+    config = TrainConfig(datafile=str(data), outfile=str(data.parent / "never"), **options)
     trainer = Trainer(config, loaded=fresh_model())
     trainer.setup()
     return trainer
@@ -39,24 +38,32 @@ def grads(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, small_data):
-    trainer = make_trainer(fresh_model, small_data, rank=8)
-    # Give B non-zero values so gradients reach A as well.
-    torch.manual_seed(0)
-    for name, p in trainer.peft.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
+    # The forward is chosen by the config: prefix_cache off is the plain full-sequence forward, the
+    # adapter active from the invocation on. Same seed, so both start from the same adapter weights.
+    trainer, full_trainer = (
+        make_trainer(fresh_model, small_data, rank=8, prefix_cache=cached) for cached in (True, False)
+    )
+    for t in (trainer, full_trainer):
+        # Give B non-zero values so gradients reach A as well.
+        torch.manual_seed(0)
+        for name, p in t.peft.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+        t.model.train()
+    weights = dict(full_trainer.peft.named_parameters())
+    assert all(torch.equal(p, weights[n]) for n, p in trainer.peft.named_parameters())
+    with pytest.raises(AttributeError):
+        trainer.uses_cache = False  # type: ignore[misc]  # fixed at construction
     keys = [0, 1, 2, 3, 4]
     batch = [trainer.train_enc[k] for k in keys]
-    trainer.model.train()
-    assert trainer.uses_cache and trainer._keep_caches
+    assert trainer.uses_cache and trainer.prefixes.kept
+    assert not full_trainer.uses_cache and not full_trainer.prefixes.kept
     cached, n_cached = trainer.loss_step(keys, batch)
     cached.backward()
     g_cached = grads(trainer)
-    trainer.optimizer.zero_grad()
-    trainer.uses_cache = False  # the plain full-sequence forward, adapter active from the invocation on
-    full, n_full = trainer.loss_step(keys, batch)
+    full, n_full = full_trainer.loss_step(keys, [full_trainer.train_enc[k] for k in keys])
     full.backward()
-    g_full = grads(trainer)
+    g_full = grads(full_trainer)
     assert n_cached == n_full
     assert torch.allclose(cached, full, atol=1e-5), (cached, full)
     assert g_cached.keys() == g_full.keys() and len(g_full) == 2 * 3 * 30  # A and B of q, k, v in 30 layers
@@ -84,6 +91,66 @@ def test_two_seeded_runs_give_the_same_losses_and_the_loss_falls(fresh_model, tm
         losses.append([e.train_loss for e in report.epochs])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert losses[0][1] < losses[0][0]
+
+
+# The recipe's numbers on a tiny fixed run (see the test below), recorded from the code before the
+# Trainer became a recipe (issue 12) and reproduced by it.
+PINNED_SETUP = {"rank": 4, "epochs": 2, "seed": 0, "batch_size": 2, "warmup_fraction": 0.5, "dropout": 0.05}
+PINNED_TRAIN_LOSSES = [6.6315573, 6.2803418]
+PINNED_VAL_LOSSES = [6.3109498, 5.9310359]
+PINNED_LRS = [1e-3, 2e-3, 2e-3, 1e-3]  # 2 warm-up updates, then linear decay to zero over the other 2
+
+
+@pytest.mark.parametrize("forward", ["kept caches", "per-batch caches", "full forward"])
+def test_the_recipe_reproduces_its_pinned_losses_and_schedule(fresh_model, tmp_path, forward):
+    """As torchtune pins its recipes' losses: a change to the data order, initialisation, forward, loss or
+    schedule moves these numbers. When that is the intent, re-pin them in the same commit and say why.
+
+    The three ways to the loss (prefix caches kept, recomputed per batch, or none) give the same numbers.
+    """
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(2))  # 4 training and 4 validation items
+    modes = {
+        "kept caches": {},
+        "per-batch caches": {"cache_memory_gb": 0.0},
+        "full forward": {"prefix_cache": False},
+    }
+    trainer = make_trainer(fresh_model, data, **PINNED_SETUP, **modes[forward])
+    assert trainer.uses_cache == (forward != "full forward")
+    assert trainer.prefixes.kept == (forward == "kept caches")
+    lrs = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step  # type: ignore[method-assign]
+    report = trainer.train()
+    assert lrs == PINNED_LRS  # exactly: the optimizer sees the same rates as the hand-applied schedule did
+    assert [e.train_loss for e in report.epochs] == pytest.approx(PINNED_TRAIN_LOSSES, rel=1e-4)
+    assert [e.val_loss for e in report.epochs] == pytest.approx(PINNED_VAL_LOSSES, rel=1e-4)
+
+
+def test_the_prefix_store_keeps_each_split_apart_and_joins_what_it_would_compute(fresh_model, tmp_path):
+    from validora.prefix_store import PrefixStore
+
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(2))
+    trainer = make_trainer(fresh_model, data, rank=4)
+    kept = trainer.prefixes
+    assert kept.kept and len(kept) == 8
+    assert kept.tokens == sum(len(e.prefix) for e in (*trainer.train_enc, *trainer.val_enc))
+    assert kept.fits(kept.need_gb()) and not kept.fits(kept.need_gb() / 2)
+    fresh = PrefixStore(trainer.peft, kept.prefixes, trainer.fmt.pad_id, trainer.device)
+    assert not fresh.kept
+    for split, encoded in (("val", trainer.val_enc), ("train", trainer.train_enc)):
+        joined, computed = kept.get(split, [3, 0]), fresh.get(split, [3, 0])
+        lengths = [len(encoded[3].prefix), len(encoded[0].prefix)]
+        assert joined.lengths.tolist() == computed.lengths.tolist() == lengths
+        assert torch.equal(joined.mask, computed.mask)
+        real = joined.mask[:, None, :, None].bool()  # padding columns hold whatever; only real ones count
+        for a, b in zip(joined.cache.layers, computed.cache.layers, strict=True):
+            assert torch.allclose(a.keys * real, b.keys * real, atol=1e-4)
+            assert torch.allclose(a.values * real, b.values * real, atol=1e-4)
 
 
 def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: Path):

@@ -27,6 +27,7 @@ from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
 from validora.packing import Segment, pack
+from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
 
 ADAPTER_TYPES = ("alora", "lora")
@@ -177,6 +178,14 @@ class _Encoded:
     truncated: int = 0  # item tokens cut from the left to fit --max-length
 
 
+def lr_factor(update: int, total: int, warmup_fraction: float) -> float:
+    """The learning-rate multiplier at optimizer update `update` of `total`: linear warm-up, then decay."""
+    warmup = max(1, int(total * warmup_fraction))
+    if update < warmup:
+        return (update + 1) / warmup
+    return max(0.0, (total - update) / max(1, total - warmup))
+
+
 class Trainer:
     """One training run: `setup()`, `train()`, `save()`; `evaluate()` works at any point."""
 
@@ -186,20 +195,38 @@ class Trainer:
         self.config = config
         self.progress = progress or SilentProgress()
         self._loaded = loaded
-        self._caches: dict[int, scoring.StoredKV] = {}
+        # Chosen once, here: aLoRA runs its loss over invocation + label on top of cached prefixes;
+        # LoRA, or aLoRA with prefix_cache off, runs the plain full-sequence forward.
+        self._cached_forward = config.adapter == "alora" and config.prefix_cache
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether the loss runs on top of cached prefixes (fixed by the config at construction)."""
+        return self._cached_forward
 
     # ----- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Each job in its own step, in this order: data, model, optimizer and schedule, prefixes."""
+        check_target(Path(self.config.outfile), overwrite=self.config.overwrite)
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_prefixes()
+
+    def _setup_data(self) -> None:
+        """Everything read from disk before the model loads, so bad input fails fast."""
+        cfg = self.config
+        examples = load_jsonl(cfg.datafile)
+        self.labels = labels_of(examples)
+        self.train_examples, self.val_examples = stratified_split(examples, cfg.val_fraction, cfg.seed)
+        self.invocation = load_promptfile(cfg.promptfile) if cfg.promptfile else None
+
+    def _setup_model(self) -> None:
+        """The base model, its prompt format, and a fresh adapter (initialised from the seed)."""
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
 
         cfg = self.config
-        check_target(Path(cfg.outfile), overwrite=cfg.overwrite)
-        examples = load_jsonl(cfg.datafile)
-        self.labels = labels_of(examples)
-        self.train_examples, self.val_examples = stratified_split(examples, cfg.val_fraction, cfg.seed)
-        invocation = load_promptfile(cfg.promptfile) if cfg.promptfile else None
-
         self.accelerator = Accelerator(cpu=cfg.device == "cpu")
         device = cfg.device if cfg.device != "auto" else str(self.accelerator.device.type)
         self.progress.log(
@@ -210,7 +237,7 @@ class Trainer:
         )
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
-        self.fmt = PromptFormat(self.tokenizer, self.labels, invocation, cfg.max_length)
+        self.fmt = PromptFormat(self.tokenizer, self.labels, self.invocation, cfg.max_length)
 
         torch.manual_seed(cfg.seed)
         lora = LoraConfig(
@@ -222,82 +249,62 @@ class Trainer:
             alora_invocation_tokens=self.fmt.invocation_ids if cfg.adapter == "alora" else None,
         )
         try:
-            model = get_peft_model(loaded.model, lora)
+            self.peft = get_peft_model(loaded.model, lora)
         except ValueError as exc:  # PEFT's NoMatchingPeftModuleError: target_modules not in this model
             raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from exc
-        params = [p for p in model.parameters() if p.requires_grad]
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the adapter weights; the schedule: linear warm-up, then linear decay to zero."""
+        cfg = self.config
+        params = [p for p in self.peft.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.peft, optimizer)
         self.peft = self.accelerator.unwrap_model(self.model)
         self.device = self.accelerator.device
+        total = cfg.epochs * math.ceil(len(self._my_batches()) / cfg.grad_accum)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda update: lr_factor(update, total, cfg.warmup_fraction)
+        )
 
+    def _setup_prefixes(self) -> None:
+        """Tokenise every item; on the cached path, compute their caches once if they fit the budget."""
+        cfg = self.config
         self.train_enc = self._encode(self.train_examples)
         self.val_enc = self._encode(self.val_examples)
         self.truncated_items = sum(e.truncated > 0 for e in (*self.train_enc, *self.val_enc))
-        self.uses_cache = cfg.adapter == "alora" and cfg.prefix_cache
+        splits = {"train": [e.prefix for e in self.train_enc], "val": [e.prefix for e in self.val_enc]}
+        self.prefixes = PrefixStore(self.peft, splits, self.fmt.pad_id, self.device)
         self.cache_seconds = 0.0
-        self._keep_caches = self.uses_cache and self._caches_fit()
-        if self._keep_caches:
+        if not self.uses_cache:
+            return
+        fits = self.prefixes.fits(cfg.cache_memory_gb)
+        over = f"over --cache-memory-gb {cfg.cache_memory_gb}, recomputed per batch"
+        how = "kept across epochs" if fits else over
+        need = f"{self.prefixes.need_gb():.2f} GiB for {self.prefixes.tokens} tokens"
+        self.progress.log(f"Prefix caches: {need}; {how}.")
+        if fits:
             started = time.perf_counter()
-            self._fill_caches()
+            self.progress.start("Caching prefixes", len(self.prefixes))
+            self.prefixes.fill(max(cfg.eval_batch_size, cfg.batch_size), self.progress.advance)
             self.cache_seconds = time.perf_counter() - started
 
     def _encode(self, examples: Sequence[Example]) -> list[_Encoded]:
-        out = []
-        for e in examples:
-            enc = self.fmt.encode(e.item, e.requirement)
-            out.append(_Encoded(enc.prefix, e.label, enc.truncated))
-        return out
+        encoded = [(self.fmt.encode(e.item, e.requirement), e.label) for e in examples]
+        return [_Encoded(enc.prefix, label, enc.truncated) for enc, label in encoded]
 
-    def _caches_fit(self) -> bool:
-        config = self.peft.get_base_model().config
-        per_token = (
-            config.num_hidden_layers
-            * 2
-            * getattr(config, "num_key_value_heads", config.num_attention_heads)
-            * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
-            * next(self.peft.parameters()).element_size()
-        )
-        tokens = sum(len(e.prefix) for e in (*self.train_enc, *self.val_enc))
-        need = per_token * tokens / 2**30
-        fits = need <= self.config.cache_memory_gb
-        self.progress.log(
-            f"Prefix caches: {need:.2f} GiB for {tokens} tokens; "
-            + (
-                "kept across epochs."
-                if fits
-                else f"over --cache-memory-gb {self.config.cache_memory_gb}, recomputed per batch."
-            )
-        )
-        return fits
-
-    def _all_encoded(self) -> list[tuple[int, _Encoded]]:
-        return [(i, e) for i, e in enumerate(self.train_enc)] + [
-            (-1 - i, e) for i, e in enumerate(self.val_enc)
-        ]
-
-    def _fill_caches(self) -> None:
-        pending = sorted(self._all_encoded(), key=lambda kv: len(kv[1].prefix))
-        self.progress.start("Caching prefixes", len(pending))
-        bs = max(self.config.eval_batch_size, self.config.batch_size)
-        for start in range(0, len(pending), bs):
-            chunk = pending[start : start + bs]
-            prefix = scoring.prefill(self.peft, [e.prefix for _, e in chunk], self.fmt.pad_id)
-            for (key, _), kv in zip(chunk, scoring.split_prefix(prefix), strict=True):
-                self._caches[key] = kv
-            self.progress.advance(len(chunk))
-
-    def _prefix(self, keys: Sequence[int], encoded: Sequence[_Encoded]) -> scoring.Prefix:
-        if self._keep_caches:
-            return scoring.join_prefix([self._caches[k] for k in keys], self.device)
-        return scoring.prefill(self.peft, [e.prefix for e in encoded], self.fmt.pad_id)
+    def _my_batches(self) -> list[int]:
+        """This process's batch numbers. Every process takes as many (wrapping around), or DDP's all-reduce would hang."""
+        acc = self.accelerator
+        n_batches = math.ceil(len(self.train_examples) / self.config.batch_size)
+        per_process = math.ceil(n_batches / acc.num_processes)
+        return [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
 
     # ----- the loss ----------------------------------------------------------------------------------
     def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> tuple[torch.Tensor, int]:
         """Mean negative log-likelihood of the gold label + end tokens, and their count."""
         rows = [[Segment(self.fmt.invocation_ids, [self.fmt.label_ids[e.label]])] for e in batch]
         if self.uses_cache:
-            prefix = self._prefix(keys, batch)
+            prefix = self.prefixes.get("train", keys)
             packed = pack(rows, self.fmt.pad_id, cache=prefix.mask)
         else:
             prefix = scoring.empty_prefix(len(batch), self.device)
@@ -310,29 +317,18 @@ class Trainer:
         return scoring.suffix_forward(self.model, prefix, packed)
 
     # ----- train / evaluate --------------------------------------------------------------------------
-    def _lr_factor(self, step: int, total: int) -> float:
-        warmup = max(1, int(total * self.config.warmup_fraction))
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
     def train(self) -> TrainReport:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         cfg = self.config
         acc = self.accelerator
-        n_batches = math.ceil(len(self.train_enc) / cfg.batch_size)
-        # Every process takes the same number of batches (wrapping around), or DDP's all-reduce would hang.
-        per_process = math.ceil(n_batches / acc.num_processes)
-        mine = [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
-        total_updates = cfg.epochs * math.ceil(len(mine) / cfg.grad_accum)
+        mine = self._my_batches()
         records: list[EpochRecord] = []
         best: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None
         best_metrics: Metrics | None = None
         best_epoch = 0
         stale = 0
-        update = 0
         started = time.perf_counter()
         self.progress.start("Training", cfg.epochs * len(mine))
         for epoch in range(1, cfg.epochs + 1):
@@ -356,11 +352,9 @@ class Trainer:
                 loss_sum += value * n_tokens
                 token_sum += n_tokens
                 if steps:
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = cfg.learning_rate * self._lr_factor(update, total_updates)
                     self.optimizer.step()
+                    self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                    update += 1
                     if not self._weights_finite():
                         raise self._diverged(f"the adapter weights became NaN or infinite after {where}")
                 self.progress.advance()
@@ -406,7 +400,7 @@ class Trainer:
             cache_seconds=self.cache_seconds,
             examples_per_second=len(self.train_enc) * len(records) / (seconds + self.cache_seconds),
             prefix_cache="kept across epochs"
-            if self._keep_caches
+            if self.prefixes.kept
             else ("per batch" if self.uses_cache else "off"),
         )
         return self.report
@@ -430,10 +424,10 @@ class Trainer:
         preds: list[str] = []
         nll, tokens = 0.0, 0
         for start in range(0, len(self.val_enc), bs):
-            keys = [-1 - i for i in range(start, min(start + bs, len(self.val_enc)))]
             batch = self.val_enc[start : start + bs]
             if self.config.adapter == "alora":
-                ll = scoring.label_loglik(self.peft, self.fmt, self._prefix(keys, batch))
+                prefix = self.prefixes.get("val", range(start, start + len(batch)))
+                ll = scoring.label_loglik(self.peft, self.fmt, prefix)
             else:
                 ll = scoring.full_loglik(self.peft, self.fmt, [e.prefix for e in batch])
             for row, e in zip(ll, batch, strict=True):
