@@ -26,7 +26,7 @@ from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
-from validora.packing import Segment, pack
+from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
 
@@ -313,7 +313,7 @@ class Trainer:
         token_logps = torch.cat([lp for row in scoring.branch_logprobs(logits, packed) for lp in row])
         return -token_logps.mean(), int(token_logps.numel())
 
-    def _forward(self, prefix: scoring.Prefix, packed: scoring.Packed) -> torch.Tensor:
+    def _forward(self, prefix: scoring.Prefix, packed: Packed) -> torch.Tensor:
         return scoring.suffix_forward(self.model, prefix, packed)
 
     # ----- train / evaluate --------------------------------------------------------------------------
