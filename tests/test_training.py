@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapters import AdapterInfo
+from validora.adapters import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
 from validora.training import TrainConfig, Trainer
 
@@ -164,6 +164,7 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
         "confusion_matrix.png",
         "README.md",
     }
+    assert names == WRITTEN_FILES  # --overwrite keeps every other file as the user's: the list must be whole
     info = AdapterInfo.read(trained_adapter)
     assert info.adapter_type == "alora" and info.base_model == "smollm2-135m-instruct"
     assert sorted(info.labels) == sorted({r["label"] for r in engine_rows(1)})
