@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from validora.calibration import positive_number
 from validora.errors import AdapterError, HubError
 from validora.names import last_component, same_base_model
 from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
@@ -54,6 +55,9 @@ class AdapterInfo:
     # Trained on examples with a "requirement" field: the requirement text is part of its prompt.
     # Otherwise it is a classifier of the text alone and a requirement only chooses passing labels.
     requirements: bool = False
+    # Label probabilities are softmax(loglik / temperature), fitted on the held-out split at the end
+    # of training (calibration.py); files written before calibration existed load with 1.0.
+    temperature: float = 1.0
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
 
@@ -86,6 +90,7 @@ class AdapterInfo:
             raise AdapterError(f"{path} is unreadable: {why}.") from None
         _check_info(data, path, directory)
         info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        info.temperature = float(info.temperature)
         for name in (n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()):
             raise AdapterError(
                 f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
@@ -146,6 +151,7 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("training", isinstance(data.get("training", {}), dict), "an object"),
         ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
+        ("temperature", positive_number(data.get("temperature", 1.0)), "a finite number above 0"),
         ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
     ]  # fmt: skip
     for name, ok, expected in checks:

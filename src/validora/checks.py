@@ -43,6 +43,7 @@ class Check:
     adapter: str | None
     fmt: Format  # PromptFormat, JudgeFormat: labels, label_ids, invocation_ids, pad_id, room(), encode()
     requirement: str | None
+    temperature: float = 1.0  # the adapter's fitted temperature (calibration.py); 1 for the judge
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def score_checks(
             with _activate(model, check.adapter):
                 ll = full_loglik(model, check.fmt, [prefixes[i]])
             results[i] = CheckResult(
-                LabelScores.from_loglik(check.fmt.labels, ll[0]), time.perf_counter() - started
+                LabelScores.from_loglik(check.fmt.labels, ll[0], check.temperature),
+                time.perf_counter() - started,
             )
     # Checks whose prompts start alike share one cache (adapter prompts start with the output,
     # judge prompts with the chat template); the common part is computed once per group.
@@ -155,5 +157,5 @@ def _shared_pass(
             fmt = checks[i].fmt
             sums = torch.stack([lp.sum() for lp in row[k : k + len(fmt.labels)]])
             k += len(fmt.labels)
-            out[i] = CheckResult(LabelScores.from_loglik(fmt.labels, sums), share)
+            out[i] = CheckResult(LabelScores.from_loglik(fmt.labels, sums, checks[i].temperature), share)
     return out

@@ -277,9 +277,10 @@ def full_loglik(model: Any, fmt: PromptFormat, prefixes: Sequence[Sequence[int]]
     return _sums(suffix_forward(model, empty_prefix(len(prefixes), device), packed), packed)
 
 
-def probabilities(loglik: torch.Tensor) -> torch.Tensor:
-    """Softmax over the K label sequence log-likelihoods."""
-    return torch.softmax(loglik.float(), dim=-1)
+def probabilities(loglik: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Softmax over the K label sequence log-likelihoods divided by the adapter's fitted temperature
+    (calibration.py): the ranking stays, the confidence matches held-out accuracy."""
+    return torch.softmax(loglik.float() / temperature, dim=-1)
 
 
 @dataclass(frozen=True)
@@ -291,9 +292,11 @@ class LabelScores:
         return math.fsum(self.probs[label] for label in labels)
 
     @classmethod
-    def from_loglik(cls, labels: Sequence[str], loglik: torch.Tensor) -> LabelScores:
-        """Scores from the K label sequence log-likelihoods of one item."""
-        probs = dict(zip(labels, probabilities(loglik).tolist(), strict=True))
+    def from_loglik(
+        cls, labels: Sequence[str], loglik: torch.Tensor, temperature: float = 1.0
+    ) -> LabelScores:
+        """Scores from the K label sequence log-likelihoods of one item, at the adapter's temperature."""
+        probs = dict(zip(labels, probabilities(loglik, temperature).tolist(), strict=True))
         return cls(label=max(probs, key=probs.__getitem__), probs=probs)
 
 
@@ -304,8 +307,9 @@ def score_items(
     requirement: str | None = None,
     *,
     batch_size: int = 8,
+    temperature: float = 1.0,
 ) -> list[LabelScores]:
-    """Probability of every label for each item, prefixes computed once per item."""
+    """Probability of every label for each item (at `temperature`), prefixes computed once per item."""
     encoded = [fmt.encode(item, requirement).prefix for item in items]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
     results: list[LabelScores | None] = [None] * len(encoded)
@@ -317,5 +321,5 @@ def score_items(
         else:
             ll = full_loglik(model, fmt, batch)
         for i, row in zip(idx, ll, strict=True):
-            results[i] = LabelScores.from_loglik(fmt.labels, row)
+            results[i] = LabelScores.from_loglik(fmt.labels, row, temperature)
     return [r for r in results if r is not None]

@@ -30,7 +30,8 @@ class Validator:
         requirements: Sequence[str | None] | None = None,
         batch_size: int = 8,
     ) -> list[LabelScores]:
-        """Label probabilities for each text; each text's prefix is computed once for all labels.
+        """Label probabilities for each text, at the adapter's fitted temperature; each text's prefix
+        is computed once for all labels.
 
         `requirements` gives each text its own requirement (None: `requirement`).
         """
@@ -41,7 +42,14 @@ class Validator:
         by_position: dict[int, LabelScores] = {}
         for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
             idx = [i for i, r in enumerate(reqs) if r == req]
-            scored = score_items(self.model, self.fmt, [texts[i] for i in idx], req, batch_size=batch_size)
+            scored = score_items(
+                self.model,
+                self.fmt,
+                [texts[i] for i in idx],
+                req,
+                batch_size=batch_size,
+                temperature=self.info.temperature,
+            )
             by_position.update(zip(idx, scored, strict=True))
         return [by_position[i] for i in range(len(texts))]
 

@@ -149,8 +149,10 @@ class LocalHFBackend:
                 if adapter is not None and not self._adapters[adapter].info.requirements:
                     requirement = None  # a classifier: its prompt holds the text alone, as in training
                 fmt: Format = self._formats[adapter] if adapter is not None else self._judge
+                temperature = self._adapters[adapter].info.temperature if adapter is not None else 1.0
                 keys.append((adapter, requirement))
-                built.setdefault(keys[-1], Check(adapter, fmt, requirement))  # identical prompts once
+                check = Check(adapter, fmt, requirement, temperature)
+                built.setdefault(keys[-1], check)  # identical prompts once
             alora: dict[str | None, bool] = {None: True}
             alora.update({name: a.is_alora for name, a in self._adapters.items()})
             scored = dict(
