@@ -1,4 +1,5 @@
-"""What a training run leaves for people: curves, confusion matrix, model card."""
+"""What a training run or an evaluation leaves for people: curves, confusion matrix, reliability
+diagram, precision-recall curve, model card."""
 
 from __future__ import annotations
 
@@ -64,6 +65,74 @@ def confusion_matrix(metrics: Metrics, path: Path, title: str = "Validation conf
                 j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black"
             )
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reliability_diagram(
+    probs: Any, gold: Sequence[int], path: Path, title: str = "Validation reliability"
+) -> float:
+    """Accuracy against confidence in 10 bins of the top-label probability, and return the ECE.
+
+    `probs` is [N, K] (calibrated label probabilities), `gold` the N gold label indices. A calibrated
+    adapter's bars follow the diagonal; bars below it mean over-confidence.
+    """
+    from validora.calibration import expected_calibration_error, reliability_bins, top_label
+
+    top, correct = top_label(probs, gold)
+    bins = reliability_bins(top, correct)
+    ece = expected_calibration_error(top, correct)
+    plt = _pyplot()
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = bins[0].upper - bins[0].lower
+    lefts = [b.lower for b in bins]
+    ax.bar(lefts, [b.accuracy for b in bins], width=width, align="edge", edgecolor="black", label="accuracy")
+    ax.bar(
+        lefts,
+        [b.confidence - b.accuracy if b.count else 0 for b in bins],
+        bottom=[b.accuracy for b in bins],
+        width=width,
+        align="edge",
+        color="red",
+        alpha=0.3,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {ece:.3f} ({len(top)} items)")
+    ax.legend(loc="upper left")
+    counts.bar(lefts, [b.count for b in bins], width=width, align="edge", edgecolor="black", color="grey")
+    counts.set_xlim(0, 1)
+    counts.set_xlabel("confidence (probability of the predicted label)")
+    counts.set_ylabel("items")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return ece
+
+
+def precision_recall_curve(curve: Sequence[Any], path: Path, title: str, chosen: Any = None) -> None:
+    """Precision and recall against the probability threshold (points of calibration.pr_curve),
+    with the chosen threshold marked."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.step([p.recall for p in curve], [p.precision for p in curve], where="post", marker=".")
+    left.set_xlabel("recall")
+    left.set_ylabel("precision")
+    left.set_xlim(0, 1.02)
+    left.set_ylim(0, 1.02)
+    right.plot([p.threshold for p in curve], [p.precision for p in curve], ".-", label="precision")
+    right.plot([p.threshold for p in curve], [p.recall for p in curve], ".-", label="recall")
+    right.set_xlabel("threshold on the probability")
+    right.set_xlim(0, 1.02)
+    right.set_ylim(0, 1.02)
+    if chosen is not None:
+        left.plot([chosen.recall], [chosen.precision], "o", color="red", markersize=9)
+        right.axvline(chosen.threshold, color="red", linestyle="--", label=f"threshold {chosen.threshold:g}")
+    right.legend(loc="lower left")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -174,6 +243,7 @@ A {kind} adapter trained with [validora](https://pypi.org/project/validora/) to 
 - **Adapter type:** {info.adapter_type}
 - **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
 - **Training examples:** {info.training.get("n_train")} (held out for validation: {info.training.get("n_val")})
+- **Probability temperature:** {info.temperature:.3g} ({"fitted on the held-out split: label probabilities are calibrated" if info.temperature != 1 else "none fitted"})
 
 ## Held-out metrics (epoch {metrics.get("best_epoch")})
 

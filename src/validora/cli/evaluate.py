@@ -1,15 +1,56 @@
-"""`m alora eval ADAPTER DATA.jsonl`: accuracy, macro-F1, per-label table, confusion matrix."""
+"""`m alora eval ADAPTER DATA.jsonl`: accuracy, macro-F1, calibration error, per-label table,
+confusion matrix; with --label and a target, the probability threshold that meets it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from validora.cli.display import console, handles_errors, metrics_tables, out
 from validora.errors import ConfigError
+
+
+def _beside(plot: Path, kind: str) -> Path:
+    """`cm.png` → `cm-reliability.png`: the other plots go next to the one named by --plot."""
+    return plot.with_name(f"{plot.stem}-{kind}.png")
+
+
+def _check_options(
+    label: str | None, precision: float | None, recall: float | None, plot: Path | None, overwrite: bool
+) -> list[Path]:
+    """Refuse inconsistent options before the model loads; return the plot files to write."""
+    from validora.calibration import positive_number
+
+    if precision is not None and recall is not None:
+        raise ConfigError("Give --target-precision or --target-recall, not both.")
+    target = precision if precision is not None else recall
+    if label is None and target is not None:
+        raise ConfigError(
+            "--target-precision/--target-recall need --label: the label whose threshold to find."
+        )
+    if label is not None and target is None:
+        raise ConfigError(
+            f"--label {label} needs --target-precision or --target-recall (a number in (0, 1])."
+        )
+    if target is not None and not (positive_number(target) and target <= 1):
+        flag = "--target-precision" if precision is not None else "--target-recall"
+        raise ConfigError(f"{flag} must be above 0 and at most 1, not {target}.")
+    if plot is None:
+        return []
+    if plot.is_dir():
+        raise ConfigError(f"--plot {plot} is a directory; give a .png file name.")
+    if not plot.parent.is_dir():
+        raise ConfigError(f"--plot {plot}: the directory {plot.parent} does not exist.")
+    plots = [plot, _beside(plot, "reliability"), *([_beside(plot, "pr")] if label else [])]
+    for path in plots:
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{path} already exists; pass --overwrite to replace it.")
+    return plots
 
 
 @handles_errors
@@ -26,36 +67,88 @@ def evaluate(
     revision: Annotated[
         str | None, typer.Option(help="Branch, tag or commit, when ADAPTER is a hub id.")
     ] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Allow --plot to replace an existing file.")] = False,
+    label: Annotated[
+        str | None,
+        typer.Option(help="Find the threshold on P(LABEL) meeting --target-precision or --target-recall."),
+    ] = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(help="With --label: the lowest threshold whose precision is at least this (0-1]."),
+    ] = None,
+    target_recall: Annotated[
+        float | None,
+        typer.Option(help="With --label: the highest threshold whose recall is at least this (0-1]."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the confusion matrix as a PNG here, the reliability diagram beside it as "
+            "<stem>-reliability.png and, with --label, the precision-recall curve as <stem>-pr.png."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow --plot to replace existing files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Evaluate an adapter on a labeled JSONL file."""
-    if plot is not None and plot.is_dir():
-        raise ConfigError(f"--plot {plot} is a directory; give a .png file name.")
-    if plot is not None and not plot.parent.is_dir():
-        raise ConfigError(f"--plot {plot}: the directory {plot.parent} does not exist.")
-    if plot is not None and plot.exists() and not overwrite:
-        raise ConfigError(f"{plot} already exists; pass --overwrite to replace it.")
+    """Evaluate an adapter on a labeled JSONL file: accuracy, macro-F1, calibration error (ECE, 10
+    bins, on the adapter's calibrated probabilities) and, with --label, a threshold for req(threshold=)."""
+    plots = _check_options(label, target_precision, target_recall, plot, overwrite)
+    from validora.calibration import pr_curve, scores_ece, threshold_for
     from validora.data import load_jsonl
     from validora.validator import load_validator
 
     examples = load_jsonl(datafile)
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
-    metrics, _ = validator.evaluate(
-        [e.item for e in examples],
-        [e.label for e in examples],
-        [e.requirement for e in examples],
-        batch_size=batch_size,
+    if label is not None and label not in validator.fmt.labels:
+        raise ConfigError(f"--label {label!r} is not one of this adapter's labels: {validator.fmt.labels}.")
+    gold = [e.label for e in examples]
+    metrics, scores = validator.evaluate(
+        [e.item for e in examples], gold, [e.requirement for e in examples], batch_size=batch_size
     )
-    if plot is not None:
-        from validora.reports import confusion_matrix
+    ece = scores_ece(scores, gold)
+    found = None
+    if label is not None:
+        points = [s.probs[label] for s in scores]
+        positive = [g == label for g in gold]
+        found = threshold_for(points, positive, target_precision, target_recall)
+    if plots:
+        from validora import reports
 
-        confusion_matrix(metrics, plot, title=f"{datafile.name}")
+        reports.confusion_matrix(metrics, plots[0], title=datafile.name)
+        label_index = {name: i for i, name in enumerate(validator.fmt.labels)}
+        probs = [[s.probs[name] for name in validator.fmt.labels] for s in scores]
+        reports.reliability_diagram(probs, [label_index[g] for g in gold], plots[1], title=datafile.name)
+        if found is not None:
+            curve = pr_curve(points, positive)
+            reports.precision_recall_curve(curve, plots[2], f"P({label}) on {datafile.name}", found)
     if json_out:
-        out.print_json(json.dumps(metrics.to_dict()))
+        data: dict[str, Any] = {**metrics.to_dict(), "ece": ece, "temperature": validator.info.temperature}
+        if found is not None:
+            data["threshold"] = found.to_dict(label or "")
+        out.print_json(json.dumps(data))
         return
-    for table in metrics_tables(metrics, f"{adapter} on {datafile}"):
+    tables = metrics_tables(metrics, f"{adapter} on {datafile}")
+    tables[0].add_row("ECE (10 bins)", f"{ece:.3f}")
+    tables[0].add_row("temperature", f"{validator.info.temperature:.3g}")
+    for table in tables:
         out.print(table)
-    if plot is not None:
-        console.print(f"Confusion matrix written to {plot}")
+    if found is not None:
+        out.print(_threshold_table(found, label or ""))
+        out.print(
+            f"In a program: req(..., accept=[{label!r}], threshold={found.threshold!r}) "
+            f"passes when P({label}) ≥ {found.threshold!r}.",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    for path in plots:
+        console.print(f"Wrote {path}")
+
+
+def _threshold_table(found: Any, label: str) -> Table:
+    table = Table(title="Threshold", show_header=False)
+    table.add_row("label", escape(label))
+    table.add_row("target", f"{found.target} ≥ {found.value:g}")
+    table.add_row("threshold", repr(found.threshold))
+    table.add_row("precision", f"{found.precision:.3f}")
+    table.add_row("recall", f"{found.recall:.3f}")
+    return table
