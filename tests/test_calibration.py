@@ -54,8 +54,11 @@ def test_fit_lowers_the_held_out_nll_and_has_fallbacks():
     assert fit_temperature(torch.zeros(5, 3), [0, 1, 2, 0, 1]) == 1.0  # every label tied: T changes nothing
     with_nan = torch.cat([loglik, torch.full((1, 4), math.nan)])
     assert fit_temperature(with_nan, [*gold, 0]) == pytest.approx(t)  # a non-finite row is left out
-    separable = torch.tensor([[0.0, -1.0], [-1.0, 0.0]])  # NLL falls forever as T shrinks: the bound
-    assert fit_temperature(separable, [0, 1]) == pytest.approx(0.05, rel=1e-3)
+    # Every item right: the plain NLL falls forever as T shrinks. With one pseudo-error in N + 2
+    # (Laplace) the fit stops where the gold label's probability is (N + 1) / (N + 2).
+    separable = torch.tensor([[0.0, -1.0], [-1.0, 0.0]] * 4)
+    t = fit_temperature(separable, [0, 1] * 4)
+    assert torch.softmax(separable[0] / t, -1)[0] == pytest.approx(9 / 10, abs=1e-6)
     with pytest.raises(ConfigError, match="gold"):
         fit_temperature(loglik, gold[:-1])
 

@@ -24,17 +24,21 @@ if TYPE_CHECKING:
     import torch
 
 
-def _nll(z: torch.Tensor, gold: torch.Tensor, log_t: float) -> float:
+def _nll(z: torch.Tensor, target: torch.Tensor, log_t: float) -> float:
     scaled = z / math.exp(log_t)
-    return float((scaled.logsumexp(dim=-1) - scaled.gather(1, gold[:, None])[:, 0]).mean())
+    return float((scaled.logsumexp(dim=-1) - (target * scaled).sum(dim=-1)).mean())
 
 
 def fit_temperature(loglik: torch.Tensor, gold: Sequence[int]) -> float:
     """The T in [0.05, 20] minimising the NLL of softmax(loglik / T) over held-out items.
 
     `loglik` is [N, K] (label sequence log-likelihoods), `gold` the N gold label indices. The NLL is
-    convex in 1/T, so a golden-section search on log T finds the minimum without tuning. Rows that
-    are not finite are left out; with nothing left to fit (no rows, or every row's labels tied) T is 1.
+    convex in 1/T, so a golden-section search on log T finds the minimum without tuning. The gold
+    label gets weight 1 - 1/(N+2) and the others share 1/(N+2) (Laplace's rule of succession): N
+    items all right are no proof of certainty, and without it a split the adapter gets entirely
+    right has no minimum (T would sink to the bound and every probability to 0 or 1); with errors in
+    the split the change is negligible. Rows that are not finite are left out; with nothing left to
+    fit (no rows, or every row's labels tied) T is 1.
     """
     import torch
 
@@ -53,19 +57,22 @@ def fit_temperature(loglik: torch.Tensor, gold: Sequence[int]) -> float:
     z = z - z.max(dim=1, keepdim=True).values
     if z.shape[0] == 0 or not bool((z != 0).any()):
         return 1.0
+    n, k = z.shape  # k > 1 here: one label alone is always tied
+    target = torch.full((n, k), 1 / (n + 2) / (k - 1), dtype=torch.float64)
+    target[torch.arange(n), g] = 1 - 1 / (n + 2)
     lo, hi = math.log(T_MIN), math.log(T_MAX)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = _nll(z, g, a), _nll(z, g, b)
+    fa, fb = _nll(z, target, a), _nll(z, target, b)
     for _ in range(80):  # the bracket shrinks by 0.618 a step: far below float precision after 80
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = _nll(z, g, a)
+            fa = _nll(z, target, a)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = _nll(z, g, b)
+            fb = _nll(z, target, b)
     return float(math.exp((lo + hi) / 2))
 
 
