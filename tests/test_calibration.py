@@ -112,13 +112,22 @@ def tempered(probs: dict[str, float], t: float) -> dict[str, float]:
     return dict(zip(probs, torch.softmax(logp / t, -1).tolist(), strict=True))
 
 
+def with_temperature(trained_adapter: Path, target: Path, temperature: float) -> Path:
+    """A copy of the trained adapter with `temperature` written into its validora.json."""
+    path = shutil.copytree(trained_adapter, target)
+    info = json.loads((path / "validora.json").read_text())
+    (path / "validora.json").write_text(json.dumps({**info, "temperature": temperature}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def hot_adapter(trained_adapter, tmp_path_factory) -> Path:
-    """The trained adapter with temperature 3 written into its validora.json."""
-    path = shutil.copytree(trained_adapter, tmp_path_factory.mktemp("hot") / "hot")
-    info = json.loads((path / "validora.json").read_text())
-    (path / "validora.json").write_text(json.dumps({**info, "temperature": 3.0}))
-    return path
+    return with_temperature(trained_adapter, tmp_path_factory.mktemp("hot") / "hot", 3.0)
+
+
+@pytest.fixture(scope="module")
+def cold_adapter(trained_adapter, tmp_path_factory) -> Path:
+    return with_temperature(trained_adapter, tmp_path_factory.mktemp("cold") / "cold", 1.0)
 
 
 TEXTS = ["rod knock at 3100 rpm under load", "blue smoke at startup, burns a quart of oil", "runs fine"]
@@ -139,12 +148,12 @@ def test_validator_applies_the_stored_temperature(hot_adapter, fresh_model):
     assert max(hot[0].probs.values()) < max(cold[0].probs.values())
 
 
-def test_program_checks_apply_each_adapters_temperature(trained_adapter, hot_adapter):
+def test_program_checks_apply_each_adapters_temperature(cold_adapter, hot_adapter):
     from validora import CustomIntrinsicAdapter, LocalHFBackend
     from validora.checks import Check, score_checks
 
     backend = LocalHFBackend(device="cpu")
-    backend.add_adapter(CustomIntrinsicAdapter(model_id=str(trained_adapter), intrinsic_name="cold"))
+    backend.add_adapter(CustomIntrinsicAdapter(model_id=str(cold_adapter), intrinsic_name="cold"))
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(hot_adapter), intrinsic_name="hot"))
     output = TEXTS[0]
     cold, hot = backend.check(output, [("cold", None), ("hot", None)])  # several adapters, one pass
@@ -292,3 +301,13 @@ def test_eval_refuses_a_label_the_adapter_does_not_have(trained_adapter: Path):
         ["alora", "eval", str(trained_adapter), str(data), "--label", "gearbox", "--target-recall", "0.9"],
     )
     assert result.exit_code == 2 and "'gearbox' is not one of this adapter's labels" in result.output
+
+
+def test_model_card_states_the_calibration():
+    from validora.reports import model_card
+
+    card = model_card(AdapterInfo(**info_dict(temperature=1.7)), {"val_ece": 0.031, "temperature": 1.7})
+    assert "softmax(log-likelihood / 1.7)" in card and "**0.031**" in card
+    assert "![reliability diagram](reliability_diagram.png)" in card
+    older = model_card(AdapterInfo(**info_dict()), {})  # trained before calibration: no diagram to show
+    assert "reliability_diagram.png" not in older and "none fitted" in older

@@ -186,6 +186,20 @@ print(result)
 ```"""
 
 
+def _calibration(metrics: dict[str, Any], images_at: str) -> str:
+    """The calibration section of a card, for runs that fitted a temperature (and drew the diagram)."""
+    if "val_ece" not in metrics:
+        return ""
+    return f"""
+### Calibration
+
+Label probabilities are softmax(log-likelihood / {metrics.get("temperature", 1.0):.3g}), the temperature
+fitted on the held-out split: expected calibration error **{metrics["val_ece"]:.3f}** (10 bins).
+
+![reliability diagram]({images_at}reliability_diagram.png)
+"""
+
+
 def model_card(
     info: AdapterInfo,
     metrics: dict[str, Any],
@@ -253,7 +267,7 @@ Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):
 {_table(("label", "precision", "recall", "F1", "support"), rows)}
 
 ![confusion matrix]({images_at}confusion_matrix.png)
-
+{_calibration(metrics, images_at)}
 ### Per epoch
 
 {_table(("epoch", "train loss", "val loss", "val accuracy", "val macro-F1"), epochs)}
