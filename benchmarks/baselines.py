@@ -167,7 +167,8 @@ def probe_features(
     layers = sorted({*range(4, n_layers, 4), n_layers})
     out = [np.zeros((len(rows), 2 * loaded.model.config.hidden_size), dtype=np.float32) for _ in layers]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
-    with torch.no_grad():
+    body = loaded.model.base_model
+    with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(enc[i][0]) for i in idx)
@@ -176,7 +177,7 @@ def probe_features(
             for j, i in enumerate(idx):
                 ids[j, : len(enc[i][0])] = torch.tensor(enc[i][0])
                 mask[j, : len(enc[i][0])] = 1
-            hidden = loaded.model(
+            hidden = body(  # the decoder alone: the LM head would cost a fifth of the time for nothing
                 input_ids=ids.to(loaded.device),
                 attention_mask=mask.to(loaded.device),
                 output_hidden_states=True,
