@@ -198,6 +198,28 @@ def table(results: dict[str, dict[str, dict[str, Any]]], columns: Sequence[str])
     return "\n".join(lines)
 
 
+def gaps(results: dict[str, dict[str, dict[str, Any]]], label: str) -> str:
+    """The issue's targets per set: `label`'s test accuracy minus max(TF-IDF, probe), and minus SetFit."""
+    lines = [f"| set | {label} − max(tfidf, probe) | {label} − setfit |", "|---|---|---|"]
+    diffs: list[list[float]] = [[], []]
+    for name, row in results.items():
+        if label not in row:
+            continue
+        acc = row[label]["accuracy"]
+        cells = []
+        for k, others in enumerate((("tfidf", "probe"), ("setfit",))):
+            if all(o in row for o in others):
+                d = acc - max(row[o]["accuracy"] for o in others)
+                diffs[k].append(d)
+                cells.append(f"{d:+.3f}")
+            else:
+                cells.append("–")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    means = [f"{sum(d) / len(d):+.3f} ({len(d)} sets)" if d else "–" for d in diffs]
+    lines.append(f"| **average** | {means[0]} | {means[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n## Quality suite (seed {args.seed}; {platform.machine()}, {os.cpu_count()} CPU cores; "
           f"{time.perf_counter() - started:.0f} s; `{' '.join(sys.argv)}`)\n")  # fmt: skip
     print(table(results, columns))
+    if "validora" in methods or also:
+        print("\n" + gaps(results, args.label if "validora" in methods else also[-1]))
     if args.json:
         args.json.write_text(
             json.dumps({"argv": sys.argv, "overrides": overrides, "results": results}, indent=1)
