@@ -105,10 +105,14 @@ class Suite:
             tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in label or "validora")
         return self.results_dir / f"{name}-{digest}-{method}-{tag}.json"
 
-    def baseline(self, name: str, method: str, train: list, test: list, digest: str) -> dict[str, Any]:
+    def baseline(
+        self, name: str, method: str, train: list, test: list, digest: str, cached_only: bool = False
+    ) -> dict[str, Any] | None:
         path = self._key(name, digest, method)
         if path.is_file():
             return json.loads(path.read_text())
+        if cached_only:
+            return None
         if method == "tfidf":
             result = baselines.tfidf(train, test, self.seed)
         elif method == "probe":
@@ -236,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--also", default="", help="earlier validora variants (labels) to show beside it")
     parser.add_argument("--basemodel", help="base model for the validora column and the probe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of every method")
+    parser.add_argument("--cached-baselines", action="store_true",
+                        help="show tfidf / probe / setfit only where a cached result exists; train none")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every result (probabilities included) here")
     args = parser.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -260,8 +266,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"== {name} ({len(train)} / {len(test)}, split {digest}): {method}", flush=True)
             if method == "validora":
                 row[args.label] = suite.validora(name, folder, test, digest, overrides, args.label)
+            elif (found := suite.baseline(name, method, train, test, digest, args.cached_baselines)) is None:
+                print("   not cached: skipped (--cached-baselines)", flush=True)
+                continue
             else:
-                row[method] = suite.baseline(name, method, train, test, digest)
+                row[method] = found
             r = row[args.label if method == "validora" else method]
             print(f"   accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}, ECE {r['ece']:.3f}, "
                   f"{r['seconds']:.0f} s, chosen {r.get('chosen')}", flush=True)  # fmt: skip
