@@ -107,7 +107,8 @@ def test_a_classifier_adapter_judges_the_text_alone(backend):
         output, [("engine", SEED_REQ), ("engine", "Anything."), ("engine", None)]
     )
     backend._model.set_adapter("engine")
-    (alone,) = score_items(backend._model, backend._formats["engine"], [output])
+    temperature = backend.adapters["engine"].info.temperature
+    (alone,) = score_items(backend._model, backend._formats["engine"], [output], temperature=temperature)
     for got in (first, second, plain):
         assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
 
@@ -127,7 +128,14 @@ def test_shared_prefix_checks_equal_separate_checks(backend, requirement_adapter
         for (adapter, requirement), got in zip(checks[:3], shared[:3], strict=True):
             backend._model.set_adapter(adapter)
             prompt_requirement = requirement if adapter == "second" else None
-            (alone,) = score_items(backend._model, backend._formats[adapter], [output], prompt_requirement)
+            temperature = backend.adapters[adapter].info.temperature
+            (alone,) = score_items(
+                backend._model,
+                backend._formats[adapter],
+                [output],
+                prompt_requirement,
+                temperature=temperature,
+            )
             assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
         with backend._model.disable_adapter():
             naive = torch.softmax(
@@ -153,7 +161,8 @@ def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backe
         room = min(fmt.room(r) for r in requirements)
         for requirement, got in zip(requirements, shared, strict=True):
             prefix = [fmt.encode(output, requirement, room=room).prefix]
-            alone = torch.softmax(full_loglik(backend._model, fmt, prefix)[0], -1)
+            temperature = backend.adapters["second"].info.temperature
+            alone = torch.softmax(full_loglik(backend._model, fmt, prefix)[0] / temperature, -1)
             assert [got.scores.probs[label] for label in fmt.labels] == pytest.approx(
                 alone.tolist(), abs=1e-4
             )
@@ -179,7 +188,9 @@ def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
     try:
         output = "Blue smoke and heavy oil use."
         (got,) = backend.check(output, [("lora", SEED_REQ)])
-        expected = score_items(peft, backend._formats["lora"], [output], SEED_REQ)[0]
+        temperature = backend.adapters["lora"].info.temperature
+        # A classifier adapter (trained without requirement texts) sees the output alone.
+        expected = score_items(peft, backend._formats["lora"], [output], None, temperature=temperature)[0]
         assert got.scores.probs == pytest.approx(expected.probs, abs=1e-4)
     finally:
         backend.remove_adapter("lora")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from validora.adapters import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
+from validora.recipe import DEFAULT_TARGETS
 from validora.training import TrainConfig, Trainer
 
 from .conftest import ROOT, engine_rows, write_jsonl
@@ -66,7 +67,9 @@ def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, sm
     g_full = grads(full_trainer)
     assert n_cached == n_full
     assert torch.allclose(cached, full, atol=1e-5), (cached, full)
-    assert g_cached.keys() == g_full.keys() and len(g_full) == 2 * 3 * 30  # A and B of q, k, v in 30 layers
+    assert (
+        g_cached.keys() == g_full.keys() and len(g_full) == 2 * 7 * 30
+    )  # A and B of 7 projections in 30 layers
     for name in g_full:
         assert torch.allclose(g_cached[name], g_full[name], rtol=1e-3, atol=1e-6), name
     assert max(g.abs().max() for g in g_full.values()) > 0
@@ -93,11 +96,11 @@ def test_two_seeded_runs_give_the_same_losses_and_the_loss_falls(fresh_model, tm
     assert losses[0][1] < losses[0][0]
 
 
-# The recipe's numbers on a tiny fixed run (see the test below), recorded from the code before the
-# Trainer became a recipe (issue 12) and reproduced by it.
+# The recipe's numbers on a tiny fixed run (see the test below). Re-pinned when the default adapter
+# grew from q,k,v to all seven projections (issue 8: the quality recipe).
 PINNED_SETUP = {"rank": 4, "epochs": 2, "seed": 0, "batch_size": 2, "warmup_fraction": 0.5, "dropout": 0.05}
-PINNED_TRAIN_LOSSES = [6.6315573, 6.2803418]
-PINNED_VAL_LOSSES = [6.3109498, 5.9310359]
+PINNED_TRAIN_LOSSES = [6.5949464, 5.2577534]
+PINNED_VAL_LOSSES = [5.6778793, 4.4474062]
 PINNED_LRS = [1e-3, 2e-3, 2e-3, 1e-3]  # 2 warm-up updates, then linear decay to zero over the other 2
 
 
@@ -162,6 +165,7 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
         "metrics.json",
         "training_curves.png",
         "confusion_matrix.png",
+        "reliability_diagram.png",
         "README.md",
     }
     assert names == WRITTEN_FILES  # --overwrite keeps every other file as the user's: the list must be whole
@@ -170,10 +174,13 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
     assert sorted(info.labels) == sorted({r["label"] for r in engine_rows(1)})
     peft_config = json.loads((trained_adapter / "adapter_config.json").read_text())
     assert peft_config["alora_invocation_tokens"] == info.prompt["invocation_ids"]
-    assert peft_config["r"] == 32 and sorted(peft_config["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
+    assert peft_config["r"] == 8 and sorted(peft_config["target_modules"]) == sorted(DEFAULT_TARGETS)
     metrics = json.loads((trained_adapter / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and metrics["n_val"] == 8 and metrics["n_train"] == 24
     assert {"val_loss", "val_accuracy", "val_macro_f1"} <= metrics["epochs"][0].keys()
+    assert 0.05 <= metrics["temperature"] <= 20 and 0 <= metrics["val_ece"] <= 1
+    assert info.temperature == metrics["temperature"] and info.metrics["val_ece"] == metrics["val_ece"]
+    assert (trained_adapter / "reliability_diagram.png").read_bytes().startswith(b"\x89PNG")
     assert len(metrics["metrics"]["confusion"]) == 4
     card = (trained_adapter / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n")
@@ -193,7 +200,8 @@ def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):
     texts = ["rod knock", "blue smoke and oil burning", "new plug, runs fine"]
     from validora.scoring import score_items
 
-    before = score_items(trainer.peft, trainer.fmt, texts)
+    before = score_items(trainer.peft, trainer.fmt, texts, temperature=trainer.report.temperature)
+    assert AdapterInfo.read(target).temperature == trainer.report.temperature != 1.0
     after = load_validator(target, loaded=fresh_model()).predict(texts)
     for a, b in zip(before, after, strict=True):
         assert a.probs == pytest.approx(b.probs, abs=1e-5)
@@ -280,3 +288,13 @@ def test_interrupting_a_real_run_keeps_the_earlier_adapter(trained_adapter: Path
     assert "Interrupted" in output
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "d.jsonl"]
+
+
+def test_default_epochs_scale_with_the_data_size():
+    """Without --epochs, small sets get more passes (250 updates), within 6 to 20; a given value wins."""
+    from validora.recipe import resolve_epochs
+
+    assert resolve_epochs(None, 51) == 6  # 504 engine notes: 51 updates per epoch
+    assert resolve_epochs(None, 27) == 10  # 211 notes
+    assert resolve_epochs(None, 2) == 20  # a tiny set is capped
+    assert resolve_epochs(3, 2) == 3

@@ -35,7 +35,10 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
 # Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
-WRITTEN_FILES = {*REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", "README.md"}
+RELIABILITY_FILE = "reliability_diagram.png"
+WRITTEN_FILES = {
+    *REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", RELIABILITY_FILE, "README.md"
+}  # fmt: skip
 ADAPTER_TYPES = ("alora", "lora")
 LEFTOVER_KINDS = ("partial", "old", "probe")
 ADAPTER_SIZE_ESTIMATE = 50 * 2**20  # the free-space check wants twice this or twice the earlier adapter

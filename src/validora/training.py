@@ -14,14 +14,15 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from validora import scoring
-from validora.adapters import AdapterInfo, check_target, staged_directory, write_json
+from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, staged_directory, write_json
+from validora.calibration import expected_calibration_error, fit_temperature, top_label
 from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
@@ -29,91 +30,11 @@ from validora.models import LoadedModel, load_base_model
 from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
-
-ADAPTER_TYPES = ("alora", "lora")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
+from validora.recipe import TrainConfig, resolve_epochs
 
 
 class TrainingDiverged(ValidoraError):
     """The loss or the weights became NaN or infinite; the run stops before anything is saved."""
-
-
-@dataclass
-class TrainConfig:
-    """Every training option, validated on construction; saved resolved in validora.json."""
-
-    datafile: str
-    outfile: str = "checkpoints/adapter"
-    basemodel: str | None = None
-    adapter: str = "alora"
-    device: str = "auto"
-    epochs: int = 6
-    learning_rate: float = 2e-3
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    promptfile: str | None = None
-    seed: int = 0
-    val_fraction: float = 0.2
-    rank: int = 32
-    alpha: int | None = None  # defaults to rank
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    warmup_fraction: float = 0.06
-    early_stop: int = 0  # stop after this many epochs without improvement; 0 = never
-    prefix_cache: bool = True  # aLoRA only: compute prefixes without gradients
-    cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size
-    eval_batch_size: int = 8
-    overwrite: bool = False
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        floats = {
-            "--learning-rate": self.learning_rate,
-            "--val-fraction": self.val_fraction,
-            "--dropout": self.dropout,
-            "warmup_fraction": self.warmup_fraction,  # library-only options are named as fields
-            "--cache-memory-gb": self.cache_memory_gb,
-        }
-        for name, value in floats.items():
-            if not math.isfinite(value):  # inf passes a "> 0" check and nan fails it without saying why
-                raise ConfigError(f"{name} must be a finite number, not {value}.")
-        checks = [
-            (
-                self.adapter in ADAPTER_TYPES,
-                f"--adapter must be one of {', '.join(ADAPTER_TYPES)}, not {self.adapter!r}",
-            ),
-            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
-            (self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
-            (self.grad_accum >= 1, f"--grad-accum must be at least 1, not {self.grad_accum}"),
-            (self.max_length >= 16, f"--max-length must be at least 16, not {self.max_length}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
-            (self.rank >= 1, f"--rank must be at least 1, not {self.rank}"),
-            (self.alpha is None or self.alpha > 0, f"--alpha must be positive, not {self.alpha}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}"),
-            (
-                self.early_stop >= 0,
-                f"--early-stop must be 0 (off) or a number of epochs, not {self.early_stop}",
-            ),
-            (
-                0 <= self.warmup_fraction <= 1,
-                f"warmup_fraction must be between 0 and 1, not {self.warmup_fraction}",
-            ),
-            (
-                self.eval_batch_size >= 1,
-                f"eval_batch_size must be at least 1, not {self.eval_batch_size}",
-            ),
-            (self.cache_memory_gb >= 0, f"--cache-memory-gb must be >= 0, not {self.cache_memory_gb}"),
-            (bool(self.target_modules), "--target-modules needs at least one module name"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message + ".")
-
-    @property
-    def lora_alpha(self) -> int:
-        return self.alpha if self.alpha is not None else self.rank
 
 
 @dataclass
@@ -139,6 +60,8 @@ class TrainReport:
     examples_per_second: float  # training examples x epochs / (train + cache seconds)
     prefix_cache: str  # "kept across epochs" | "per batch" | "off"
     outfile: str | None = None
+    temperature: float = 1.0  # fitted on the validation split (calibration.fit_temperature)
+    val_ece: float = 0.0  # the best epoch's validation ECE at that temperature (10 bins)
 
     @property
     def at_chance(self) -> bool:
@@ -261,7 +184,9 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.peft, optimizer)
         self.peft = self.accelerator.unwrap_model(self.model)
         self.device = self.accelerator.device
-        total = cfg.epochs * math.ceil(len(self._my_batches()) / cfg.grad_accum)
+        per_epoch = math.ceil(len(self._my_batches()) / cfg.grad_accum)
+        self.epochs = resolve_epochs(cfg.epochs, per_epoch)
+        total = self.epochs * per_epoch
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda update: lr_factor(update, total, cfg.warmup_fraction)
         )
@@ -327,11 +252,12 @@ class Trainer:
         best: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None
         best_metrics: Metrics | None = None
+        best_loglik: torch.Tensor | None = None
         best_epoch = 0
         stale = 0
         started = time.perf_counter()
-        self.progress.start("Training", cfg.epochs * len(mine))
-        for epoch in range(1, cfg.epochs + 1):
+        self.progress.start("Training", self.epochs * len(mine))
+        for epoch in range(1, self.epochs + 1):
             epoch_start = time.perf_counter()
             self.model.train()
             order = list(range(len(self.train_enc)))
@@ -358,7 +284,7 @@ class Trainer:
                     if not self._weights_finite():
                         raise self._diverged(f"the adapter weights became NaN or infinite after {where}")
                 self.progress.advance()
-            metrics, val_loss = self.evaluate()
+            metrics, val_loss, val_loglik = self.evaluate()
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=loss_sum / max(token_sum, 1),
@@ -377,17 +303,19 @@ class Trainer:
                 self.progress.log(f"epoch {epoch}: validation loss is {val_loss}; it cannot be chosen.")
                 stale += 1
             elif best is None or score > best:
-                best, best_epoch, best_metrics, stale = score, epoch, metrics, 0
+                best, best_epoch, best_metrics, best_loglik, stale = score, epoch, metrics, val_loglik, 0
                 best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
             else:
                 stale += 1
                 if cfg.early_stop and stale >= cfg.early_stop:
                     self.progress.log(f"Stopping early: no improvement for {stale} epoch(s).")
                     break
-        if best_state is None or best_metrics is None:
+        if best_state is None or best_metrics is None or best_loglik is None:
             raise self._diverged("no epoch had a finite validation loss")
         set_peft_model_state_dict(self.peft, best_state)
         self.model.eval()
+        temperature = fit_temperature(best_loglik, self.val_gold)
+        self.val_probs = scoring.probabilities(best_loglik, temperature)  # for the reliability diagram
         seconds = time.perf_counter() - started
         self.report = TrainReport(
             epochs=records,
@@ -402,6 +330,8 @@ class Trainer:
             prefix_cache="kept across epochs"
             if self.prefixes.kept
             else ("per batch" if self.uses_cache else "off"),
+            temperature=temperature,
+            val_ece=expected_calibration_error(*top_label(self.val_probs, self.val_gold)),
         )
         return self.report
 
@@ -417,12 +347,14 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[Metrics, float]:
-        """Validation metrics by label scoring, and the validation loss (per label token)."""
+    def evaluate(self) -> tuple[Metrics, float, torch.Tensor]:
+        """Validation metrics by label scoring, the validation loss (per label token) and the [N, K]
+        label log-likelihoods (the temperature is fitted on the best epoch's)."""
         self.model.eval()
         bs = self.config.eval_batch_size
         preds: list[str] = []
         nll, tokens = 0.0, 0
+        rows: list[torch.Tensor] = []
         for start in range(0, len(self.val_enc), bs):
             batch = self.val_enc[start : start + bs]
             if self.config.adapter == "alora":
@@ -430,13 +362,18 @@ class Trainer:
                 ll = scoring.label_loglik(self.peft, self.fmt, prefix)
             else:
                 ll = scoring.full_loglik(self.peft, self.fmt, [e.prefix for e in batch])
+            rows.append(ll.float().cpu())
             for row, e in zip(ll, batch, strict=True):
                 gold = self.fmt.labels.index(e.label)
                 nll -= float(row[gold])
                 tokens += len(self.fmt.label_ids[e.label])
                 preds.append(self.fmt.labels[int(row.argmax())])
         metrics = classification_metrics([e.label for e in self.val_enc], preds, self.fmt.labels)
-        return metrics, nll / max(tokens, 1)
+        return metrics, nll / max(tokens, 1), torch.cat(rows)
+
+    @property
+    def val_gold(self) -> list[int]:
+        return [self.fmt.labels.index(e.label) for e in self.val_enc]
 
     # ----- save --------------------------------------------------------------------------------------
     def info(self) -> AdapterInfo:
@@ -449,13 +386,20 @@ class Trainer:
             labels=self.labels,
             prompt=self.fmt.describe(),
             requirements=any(e.requirement for e in (*self.train_examples, *self.val_examples)),
-            training={**asdict(self.config), "n_train": report.n_train, "n_val": report.n_val},
+            training={
+                **asdict(self.config),
+                "epochs": self.epochs,  # resolved, when the config left it to the data size
+                "n_train": report.n_train,
+                "n_val": report.n_val,
+            },
             metrics={
                 "best_epoch": report.best_epoch,
                 "val_accuracy": report.metrics.accuracy,
                 "val_macro_f1": report.metrics.macro_f1,
                 "chance_accuracy": report.metrics.chance_accuracy,
+                "val_ece": report.val_ece,
             },
+            temperature=report.temperature,
             validora_version=__version__,
         )
 
@@ -473,6 +417,10 @@ class Trainer:
             write_json(staging / "metrics.json", self.report.to_dict())
             reports.training_curves(self.report, staging / "training_curves.png")
             reports.confusion_matrix(self.report.metrics, staging / "confusion_matrix.png")
+            reports.reliability_diagram(
+                self.val_probs, self.val_gold, staging / RELIABILITY_FILE,
+                title=f"Validation reliability (temperature {self.report.temperature:.3g})",
+            )  # fmt: skip
             (staging / "README.md").write_text(
                 reports.model_card(info, self.report.to_dict()), encoding="utf-8"
             )

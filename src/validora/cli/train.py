@@ -51,7 +51,12 @@ def train(
         str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.", rich_help_panel=RUN)
     ] = _D["device"],
     epochs: Annotated[
-        int, typer.Option(help="Passes over the training split; the best epoch is kept.", rich_help_panel=OPT)
+        int | None,
+        typer.Option(
+            help="Passes over the training split; the best epoch is kept. Default: enough for "
+            "250 optimizer updates, 6 to 20 epochs (small sets get more passes).",
+            rich_help_panel=OPT,
+        ),
     ] = _D["epochs"],
     learning_rate: Annotated[
         float,

@@ -1,0 +1,108 @@
+"""The training recipe: every option with its default, validated on construction.
+
+The defaults are chosen by measurement on the quality suite (benchmarks/quality.py, BENCHMARKS.md),
+not copied from the reference command: they must learn on small sets with the embedded model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from validora.adapters import ADAPTER_TYPES
+from validora.errors import ConfigError
+
+# Attention and MLP: under aLoRA they act only on the few invocation + label tokens, so the MLP costs
+# little. On the engine notes, q,k,v at rank 32 reached 0.69 test accuracy; all seven at rank 8, 0.79
+# (BENCHMARKS.md, "Recipe variants").
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Without --epochs, small sets get more passes: enough for this many optimizer updates, within bounds.
+MIN_UPDATES, MIN_EPOCHS, MAX_EPOCHS = 250, 6, 20
+
+
+def resolve_epochs(epochs: int | None, updates_per_epoch: int) -> int:
+    """The epochs to run: as given, or enough for MIN_UPDATES optimizer updates within the bounds."""
+    if epochs is not None:
+        return epochs
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_UPDATES / max(1, updates_per_epoch))))
+
+
+@dataclass
+class TrainConfig:
+    """Every training option, validated on construction; saved resolved in validora.json."""
+
+    datafile: str
+    outfile: str = "checkpoints/adapter"
+    basemodel: str | None = None
+    adapter: str = "alora"
+    device: str = "auto"
+    epochs: int | None = None  # None: enough for MIN_UPDATES optimizer updates (6 to 20 epochs)
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    promptfile: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    rank: int = 8
+    alpha: int | None = None  # defaults to rank
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    warmup_fraction: float = 0.06
+    early_stop: int = 0  # stop after this many epochs without improvement; 0 = never
+    prefix_cache: bool = True  # aLoRA only: compute prefixes without gradients
+    cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size
+    eval_batch_size: int = 8
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        floats = {
+            "--learning-rate": self.learning_rate,
+            "--val-fraction": self.val_fraction,
+            "--dropout": self.dropout,
+            "warmup_fraction": self.warmup_fraction,  # library-only options are named as fields
+            "--cache-memory-gb": self.cache_memory_gb,
+        }
+        for name, value in floats.items():
+            if not math.isfinite(value):  # inf passes a "> 0" check and nan fails it without saying why
+                raise ConfigError(f"{name} must be a finite number, not {value}.")
+        checks = [
+            (
+                self.adapter in ADAPTER_TYPES,
+                f"--adapter must be one of {', '.join(ADAPTER_TYPES)}, not {self.adapter!r}",
+            ),
+            (
+                self.epochs is None or self.epochs >= 1,
+                f"--epochs must be at least 1, not {self.epochs}",
+            ),
+            (self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1, not {self.grad_accum}"),
+            (self.max_length >= 16, f"--max-length must be at least 16, not {self.max_length}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
+            (self.rank >= 1, f"--rank must be at least 1, not {self.rank}"),
+            (self.alpha is None or self.alpha > 0, f"--alpha must be positive, not {self.alpha}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}"),
+            (
+                self.early_stop >= 0,
+                f"--early-stop must be 0 (off) or a number of epochs, not {self.early_stop}",
+            ),
+            (
+                0 <= self.warmup_fraction <= 1,
+                f"warmup_fraction must be between 0 and 1, not {self.warmup_fraction}",
+            ),
+            (
+                self.eval_batch_size >= 1,
+                f"eval_batch_size must be at least 1, not {self.eval_batch_size}",
+            ),
+            (self.cache_memory_gb >= 0, f"--cache-memory-gb must be >= 0, not {self.cache_memory_gb}"),
+            (bool(self.target_modules), "--target-modules needs at least one module name"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message + ".")
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else self.rank
