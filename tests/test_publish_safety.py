@@ -143,3 +143,16 @@ def test_generated_io_yaml_validates_for_any_label(tmp_path, labels):
     path.write_text(text, encoding="utf-8")
     assert ioyaml.validate(path, labels) == text
     assert json.loads(yaml.safe_load(text)["response_format"])["enum"] == labels
+
+
+def test_a_plain_upload_removes_every_file_validora_wrote_before_and_nothing_of_the_owners(tmp_path):
+    """Stale remote files: each of validora's own outputs (the reliability diagram included), never the owner's."""
+    from validora.adapters import WRITTEN_FILES
+    from validora.publish import UploadSet, stale
+
+    plan = UploadSet(root=tmp_path, prefix="", files=[], card="")
+    remote = {*WRITTEN_FILES, "io.yaml", "notes.md", "train.jsonl"}
+    local = {"adapter_config.json", "adapter_model.safetensors", "validora.json", "README.md"}
+    gone = stale(plan, remote, local)
+    assert "reliability_diagram.png" in gone and "training_curves.png" in gone and "train.jsonl" in gone
+    assert "notes.md" not in gone and "README.md" not in gone

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from validora import hub, ioyaml, layouts, reports
-from validora.adapters import CONFIG_FILE, INFO_FILE, AdapterInfo
+from validora.adapters import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
 from validora.errors import AdapterError, HubError
 from validora.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
 from validora.names import public_name
@@ -233,7 +233,7 @@ def stale(plan: UploadSet, remote: set[str], local: set[str]) -> set[str]:
     """
     if plan.prefix:
         return {f for f in remote - local if f.startswith(plan.prefix + "/")}
-    ours = {"io.yaml", "metrics.json", "training_curves.png", "confusion_matrix.png", INFO_FILE, CONFIG_FILE}
+    ours = {"io.yaml", INFO_FILE, CONFIG_FILE, *WRITTEN_FILES} - {"README.md"}  # the card is always rewritten
     return {
         f
         for f in remote - local
