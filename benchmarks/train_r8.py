@@ -22,23 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from quality import Log  # one progress printer for the benchmarks
 from r8_data import r8_subsets, tfidf_logreg_baseline, write_jsonl
 
 from validora.metrics import classification_metrics
 from validora.models import load_base_model
 from validora.scoring import score_items
 from validora.training import TrainConfig, Trainer
-
-
-class Log:
-    def start(self, description: str, total: int) -> None:
-        print(f"  {description} ({total})", flush=True)
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        print(f"  {message}", flush=True)
 
 
 def run(name: str, train_file: Path, test: list[dict], **overrides: Any) -> dict[str, Any]:
@@ -82,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's update budget")
     parser.add_argument("--nocache-epochs", type=int, default=2, help="epochs of the slow no-cache aLoRA run")
     parser.add_argument("--only", choices=["alora", "lora", "nocache", "reference", "tfidf"], action="append")
     parser.add_argument(
