@@ -11,9 +11,10 @@ The sets are described in `quality_data.py`. Baseline results (tfidf, probe, set
 split (a hash of its rows) under ``<cache>/quality/results/``, so another validora variant only trains
 validora; each validora run is stored there too under its ``--label``, and ``--also LABEL,...`` puts
 earlier variants in the table beside it. validora trains with ``Trainer(TrainConfig(datafile=<set>/
-train.jsonl, device="cpu", **--set overrides))`` (its own 80/20 split inside), then scores the test rows
-with the in-memory adapter at its fitted temperature. SetFit (minutes per set on 2 cores) is described in
-`baselines.py`; run it alone in the background with ``nice -n 19 ... --methods setfit``.
+train.jsonl, device="cpu", recipe=Recipe(**--set overrides)))`` (its own 80/20 split inside), then
+scores the test rows with the in-memory adapter at its fitted temperature. SetFit (minutes per set on 2
+cores) is described in `baselines.py`; run it alone in the background with ``nice -n 19 ... --methods
+setfit``.
 """
 
 from __future__ import annotations
@@ -62,11 +63,23 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as TrainConfig overrides; unknown keys are refused by name."""
+def _recipe_keys() -> set[str]:
+    from validora.training import Recipe
+
+    return set(inspect.signature(Recipe).parameters)
+
+
+def _run_keys() -> set[str]:
+    """TrainConfig's run options but those the suite sets itself (data, output) and the recipe."""
     from validora.training import TrainConfig
 
-    known = set(inspect.signature(TrainConfig).parameters)
+    return set(inspect.signature(TrainConfig).parameters) - {"datafile", "outfile", "recipe"}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as overrides of a Recipe field or a TrainConfig run option (device,
+    basemodel, promptfile...); unknown keys are refused by name."""
+    known = _recipe_keys() | _run_keys()
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -127,13 +140,15 @@ class Suite:
     ) -> dict[str, Any]:
         """Train with the Trainer on the set's train.jsonl, then score the test rows."""
         from validora.scoring import score_items
-        from validora.training import TrainConfig, Trainer
+        from validora.training import Recipe, TrainConfig, Trainer
 
         with tempfile.TemporaryDirectory(prefix="validora-quality-") as tmp:
             settings = {"device": "cpu", "seed": self.seed, "basemodel": self.basemodel, **overrides}
+            recipe = Recipe(**{k: v for k, v in settings.items() if k in _recipe_keys()})
             config = TrainConfig(
-                datafile=str(folder / "train.jsonl"), outfile=str(Path(tmp) / "adapter"), **settings
-            )
+                datafile=str(folder / "train.jsonl"), outfile=str(Path(tmp) / "adapter"), recipe=recipe,
+                **{k: v for k, v in settings.items() if k in _run_keys()},
+            )  # fmt: skip
             trainer = Trainer(config, Log(), loaded=self.loaded())
             trainer.setup()
             report = trainer.train()
@@ -235,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}"
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a TrainConfig override for the validora column (repeatable)")  # fmt: skip
+                        help="a Recipe (or run option) override for the validora column (repeatable)")  # fmt: skip
     parser.add_argument("--label", default="validora", help="the column name of this validora variant")
     parser.add_argument("--also", default="", help="earlier validora variants (labels) to show beside it")
     parser.add_argument("--basemodel", help="base model for the validora column and the probe")

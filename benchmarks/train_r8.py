@@ -28,15 +28,16 @@ from r8_data import r8_subsets, tfidf_logreg_baseline, write_jsonl
 from validora.metrics import classification_metrics
 from validora.models import load_base_model
 from validora.scoring import score_items
-from validora.training import TrainConfig, Trainer
+from validora.training import Recipe, TrainConfig, Trainer
 
 
 def run(name: str, train_file: Path, test: list[dict], **overrides: Any) -> dict[str, Any]:
     """Train one variant, then score the test subset with the in-memory adapter."""
     print(f"== {name}: {overrides}", flush=True)
     config = TrainConfig(
-        datafile=str(train_file), outfile=str(train_file.parent / "unused"), device="cpu", **overrides
-    )
+        datafile=str(train_file), outfile=str(train_file.parent / "unused"), device="cpu",
+        recipe=Recipe(**overrides),
+    )  # fmt: skip
     trainer = Trainer(config, Log(), loaded=load_base_model(None, device="cpu"))
     setup_start = time.perf_counter()
     trainer.setup()

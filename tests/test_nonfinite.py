@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from validora.cli import app
 from validora.errors import ConfigError
-from validora.training import TrainConfig, Trainer, TrainingDiverged
+from validora.training import Recipe, TrainConfig, Trainer, TrainingDiverged
 
 from .conftest import engine_rows, write_jsonl
 
@@ -23,7 +23,7 @@ runner = CliRunner()
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_config_refuses_non_finite_floats(field: str, value: float):
     with pytest.raises(ConfigError, match=f"{field.replace('_', '.')} must be a finite number, not {value}"):
-        TrainConfig(datafile="d.jsonl", **{field: value})
+        Recipe(**{field: value})
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_config_refuses_non_finite_floats(field: str, value: float):
 )
 def test_config_refuses_out_of_range_values(overrides: dict, message: str):
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(datafile="d.jsonl", **overrides)
+        Recipe(**overrides)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,9 @@ def test_a_nan_loss_stops_the_cli_and_keeps_the_earlier_adapter(trained_adapter:
 
 def make_trainer(fresh_model, tmp_path: Path, **overrides) -> Trainer:
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(2))  # 4 training and 4 validation items
-    config = TrainConfig(datafile=str(data), outfile=str(tmp_path / "never"), device="cpu", **overrides)
+    config = TrainConfig(
+        datafile=str(data), outfile=str(tmp_path / "never"), device="cpu", recipe=Recipe(**overrides)
+    )
     trainer = Trainer(config, loaded=fresh_model())
     trainer.setup()
     return trainer

@@ -15,16 +15,22 @@ from typer.testing import CliRunner
 from validora.adapters import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
 from validora.recipe import DEFAULT_TARGETS
-from validora.training import TrainConfig, Trainer
+from validora.training import Recipe, TrainConfig, Trainer
 
 from .conftest import ROOT, engine_rows, write_jsonl
 
 runner = CliRunner()
 
 
-def make_trainer(fresh_model, data: Path, **overrides) -> Trainer:
-    options = {"device": "cpu", "dropout": 0.0, **overrides}
-    config = TrainConfig(datafile=str(data), outfile=str(data.parent / "never"), **options)
+def make_trainer(fresh_model, data: Path, overwrite: bool = False, **overrides) -> Trainer:
+    recipe = Recipe(**{"dropout": 0.0, **overrides})
+    config = TrainConfig(
+        datafile=str(data),
+        outfile=str(data.parent / "never"),
+        device="cpu",
+        overwrite=overwrite,
+        recipe=recipe,
+    )
     trainer = Trainer(config, loaded=fresh_model())
     trainer.setup()
     return trainer
@@ -188,6 +194,23 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
     # Nothing but the adapter was created beside the data or the output.
     assert sorted(p.name for p in trained_adapter.parent.iterdir()) == ["engine"]
     assert sorted(p.name for p in small_data.parent.iterdir()) == ["small.jsonl"]
+
+
+# validora.json's "training" object: one flat object with these keys (the file format; adapters written
+# before TrainConfig held its hyperparameters in a Recipe read the same).
+TRAINING_KEYS = {
+    "datafile", "outfile", "basemodel", "adapter", "device", "epochs", "learning_rate", "batch_size",
+    "grad_accum", "max_length", "promptfile", "seed", "val_fraction", "rank", "alpha", "dropout",
+    "target_modules", "warmup_fraction", "early_stop", "prefix_cache", "cache_memory_gb", "eval_batch_size",
+    "overwrite", "trust_remote_code", "n_train", "n_val",
+}  # fmt: skip
+
+
+def test_validora_json_stores_the_run_and_its_recipe_as_one_flat_object(trained_adapter: Path):
+    training = AdapterInfo.read(trained_adapter).training
+    assert set(training) == TRAINING_KEYS
+    assert training["rank"] == 8 and training["epochs"] == 2 and training["seed"] == 1
+    assert training["target_modules"] == list(DEFAULT_TARGETS) and training["device"] == "cpu"
 
 
 def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):

@@ -18,6 +18,7 @@ _EXPORTS = {
     "AdapterError": "validora.errors",
     "HubError": "validora.errors",
     "TrainConfig": "validora.training",
+    "Recipe": "validora.training",
     "Trainer": "validora.training",
     "TrainReport": "validora.training",
     "train": "validora.training",

@@ -1,4 +1,5 @@
-"""The training recipe: every option with its default, validated on construction.
+"""The training recipe (`Recipe`: every hyperparameter with its default, validated on construction) and
+`TrainConfig` (one run: data, output, base model, device, and its Recipe).
 
 The defaults are chosen by measurement on the quality suite (benchmarks/quality.py, BENCHMARKS.md),
 not copied from the reference command: they must learn on small sets with the embedded model.
@@ -7,7 +8,8 @@ not copied from the reference command: they must learn on small sets with the em
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from validora.adapters import ADAPTER_TYPES
 from validora.errors import ConfigError
@@ -27,21 +29,16 @@ def resolve_epochs(epochs: int | None, updates_per_epoch: int) -> int:
     return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_UPDATES / max(1, updates_per_epoch))))
 
 
-@dataclass
-class TrainConfig:
-    """Every training option, validated on construction; saved resolved in validora.json."""
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: every hyperparameter with its default, validated on construction."""
 
-    datafile: str
-    outfile: str = "checkpoints/adapter"
-    basemodel: str | None = None
     adapter: str = "alora"
-    device: str = "auto"
     epochs: int | None = None  # None: enough for MIN_UPDATES optimizer updates (6 to 20 epochs)
     learning_rate: float = 2e-3
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 1024
-    promptfile: str | None = None
     seed: int = 0
     val_fraction: float = 0.2
     rank: int = 8
@@ -53,8 +50,6 @@ class TrainConfig:
     prefix_cache: bool = True  # aLoRA only: compute prefixes without gradients
     cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size
     eval_batch_size: int = 8
-    overwrite: bool = False
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         floats = {
@@ -106,3 +101,22 @@ class TrainConfig:
     @property
     def lora_alpha(self) -> int:
         return self.alpha if self.alpha is not None else self.rank
+
+
+@dataclass
+class TrainConfig:
+    """One training run: what to train on, where to write, on which model and device, and its Recipe."""
+
+    datafile: str
+    outfile: str = "checkpoints/adapter"
+    basemodel: str | None = None
+    device: str = "auto"
+    promptfile: str | None = None
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat object, as validora.json's "training" has always stored it: run options, then the recipe."""
+        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recipe"}
+        return {**run, **asdict(self.recipe)}

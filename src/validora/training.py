@@ -30,7 +30,7 @@ from validora.models import LoadedModel, load_base_model
 from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
-from validora.recipe import TrainConfig, resolve_epochs
+from validora.recipe import Recipe, TrainConfig, resolve_epochs
 
 
 class TrainingDiverged(ValidoraError):
@@ -116,11 +116,12 @@ class Trainer:
         self, config: TrainConfig, progress: Progress | None = None, loaded: LoadedModel | None = None
     ):
         self.config = config
+        self.recipe: Recipe = config.recipe  # re-exported here with TrainConfig
         self.progress = progress or SilentProgress()
         self._loaded = loaded
         # Chosen once, here: aLoRA runs its loss over invocation + label on top of cached prefixes;
         # LoRA, or aLoRA with prefix_cache off, runs the plain full-sequence forward.
-        self._cached_forward = config.adapter == "alora" and config.prefix_cache
+        self._cached_forward = self.recipe.adapter == "alora" and self.recipe.prefix_cache
 
     @property
     def uses_cache(self) -> bool:
@@ -138,10 +139,10 @@ class Trainer:
 
     def _setup_data(self) -> None:
         """Everything read from disk before the model loads, so bad input fails fast."""
-        cfg = self.config
+        cfg, r = self.config, self.recipe
         examples = load_jsonl(cfg.datafile)
         self.labels = labels_of(examples)
-        self.train_examples, self.val_examples = stratified_split(examples, cfg.val_fraction, cfg.seed)
+        self.train_examples, self.val_examples = stratified_split(examples, r.val_fraction, r.seed)
         self.invocation = load_promptfile(cfg.promptfile) if cfg.promptfile else None
 
     def _setup_model(self) -> None:
@@ -149,7 +150,7 @@ class Trainer:
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
 
-        cfg = self.config
+        cfg, r = self.config, self.recipe
         self.accelerator = Accelerator(cpu=cfg.device == "cpu")
         device = cfg.device if cfg.device != "auto" else str(self.accelerator.device.type)
         self.progress.log(
@@ -160,40 +161,40 @@ class Trainer:
         )
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
-        self.fmt = PromptFormat(self.tokenizer, self.labels, self.invocation, cfg.max_length)
+        self.fmt = PromptFormat(self.tokenizer, self.labels, self.invocation, r.max_length)
 
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(r.seed)
         lora = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=list(cfg.target_modules),
+            r=r.rank,
+            lora_alpha=r.lora_alpha,
+            lora_dropout=r.dropout,
+            target_modules=list(r.target_modules),
             task_type="CAUSAL_LM",
-            alora_invocation_tokens=self.fmt.invocation_ids if cfg.adapter == "alora" else None,
+            alora_invocation_tokens=self.fmt.invocation_ids if r.adapter == "alora" else None,
         )
         try:
             self.peft = get_peft_model(loaded.model, lora)
         except ValueError as exc:  # PEFT's NoMatchingPeftModuleError: target_modules not in this model
-            raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from exc
+            raise ConfigError(f"target_modules {list(r.target_modules)}: {exc}") from exc
 
     def _setup_optimizer(self) -> None:
         """AdamW over the adapter weights; the schedule: linear warm-up, then linear decay to zero."""
-        cfg = self.config
+        r = self.recipe
         params = [p for p in self.peft.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=0.0)
         self.model, self.optimizer = self.accelerator.prepare(self.peft, optimizer)
         self.peft = self.accelerator.unwrap_model(self.model)
         self.device = self.accelerator.device
-        per_epoch = math.ceil(len(self._my_batches()) / cfg.grad_accum)
-        self.epochs = resolve_epochs(cfg.epochs, per_epoch)
+        per_epoch = math.ceil(len(self._my_batches()) / r.grad_accum)
+        self.epochs = resolve_epochs(r.epochs, per_epoch)
         total = self.epochs * per_epoch
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda update: lr_factor(update, total, cfg.warmup_fraction)
+            optimizer, lambda update: lr_factor(update, total, r.warmup_fraction)
         )
 
     def _setup_prefixes(self) -> None:
         """Tokenise every item; on the cached path, compute their caches once if they fit the budget."""
-        cfg = self.config
+        r = self.recipe
         self.train_enc = self._encode(self.train_examples)
         self.val_enc = self._encode(self.val_examples)
         self.truncated_items = sum(e.truncated > 0 for e in (*self.train_enc, *self.val_enc))
@@ -202,15 +203,15 @@ class Trainer:
         self.cache_seconds = 0.0
         if not self.uses_cache:
             return
-        fits = self.prefixes.fits(cfg.cache_memory_gb)
-        over = f"over --cache-memory-gb {cfg.cache_memory_gb}, recomputed per batch"
+        fits = self.prefixes.fits(r.cache_memory_gb)
+        over = f"over --cache-memory-gb {r.cache_memory_gb}, recomputed per batch"
         how = "kept across epochs" if fits else over
         need = f"{self.prefixes.need_gb():.2f} GiB for {self.prefixes.tokens} tokens"
         self.progress.log(f"Prefix caches: {need}; {how}.")
         if fits:
             started = time.perf_counter()
             self.progress.start("Caching prefixes", len(self.prefixes))
-            self.prefixes.fill(max(cfg.eval_batch_size, cfg.batch_size), self.progress.advance)
+            self.prefixes.fill(max(r.eval_batch_size, r.batch_size), self.progress.advance)
             self.cache_seconds = time.perf_counter() - started
 
     def _encode(self, examples: Sequence[Example]) -> list[_Encoded]:
@@ -220,7 +221,7 @@ class Trainer:
     def _my_batches(self) -> list[int]:
         """This process's batch numbers. Every process takes as many (wrapping around), or DDP's all-reduce would hang."""
         acc = self.accelerator
-        n_batches = math.ceil(len(self.train_examples) / self.config.batch_size)
+        n_batches = math.ceil(len(self.train_examples) / self.recipe.batch_size)
         per_process = math.ceil(n_batches / acc.num_processes)
         return [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
 
@@ -245,7 +246,7 @@ class Trainer:
     def train(self) -> TrainReport:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        cfg = self.config
+        r = self.recipe
         acc = self.accelerator
         mine = self._my_batches()
         records: list[EpochRecord] = []
@@ -261,13 +262,13 @@ class Trainer:
             epoch_start = time.perf_counter()
             self.model.train()
             order = list(range(len(self.train_enc)))
-            random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-            batches = [order[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in mine]
+            random.Random(r.seed * 1000 + epoch).shuffle(order)
+            batches = [order[b * r.batch_size : (b + 1) * r.batch_size] for b in mine]
             loss_sum, token_sum = 0.0, 0
             for i, keys in enumerate(batches):
-                group_start = i - i % cfg.grad_accum
-                group_size = min(cfg.grad_accum, len(batches) - group_start)  # the last group may be short
-                steps = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
+                group_start = i - i % r.grad_accum
+                group_size = min(r.grad_accum, len(batches) - group_start)  # the last group may be short
+                steps = (i + 1) % r.grad_accum == 0 or i + 1 == len(batches)
                 where = f"epoch {epoch}, batch {i + 1} of {len(batches)}"
                 with contextlib.nullcontext() if steps else acc.no_sync(self.model):
                     loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
@@ -307,7 +308,7 @@ class Trainer:
                 best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
             else:
                 stale += 1
-                if cfg.early_stop and stale >= cfg.early_stop:
+                if r.early_stop and stale >= r.early_stop:
                     self.progress.log(f"Stopping early: no improvement for {stale} epoch(s).")
                     break
         if best_state is None or best_metrics is None or best_loglik is None:
@@ -343,7 +344,7 @@ class Trainer:
     def _diverged(self, what: str) -> TrainingDiverged:
         return TrainingDiverged(
             f"Training diverged: {what}. Nothing was saved; any earlier adapter at {self.config.outfile} "
-            f"is untouched. Try a lower --learning-rate than {self.config.learning_rate:g}."
+            f"is untouched. Try a lower --learning-rate than {self.recipe.learning_rate:g}."
         )
 
     @torch.no_grad()
@@ -351,13 +352,13 @@ class Trainer:
         """Validation metrics by label scoring, the validation loss (per label token) and the [N, K]
         label log-likelihoods (the temperature is fitted on the best epoch's)."""
         self.model.eval()
-        bs = self.config.eval_batch_size
+        bs = self.recipe.eval_batch_size
         preds: list[str] = []
         nll, tokens = 0.0, 0
         rows: list[torch.Tensor] = []
         for start in range(0, len(self.val_enc), bs):
             batch = self.val_enc[start : start + bs]
-            if self.config.adapter == "alora":
+            if self.recipe.adapter == "alora":
                 prefix = self.prefixes.get("val", range(start, start + len(batch)))
                 ll = scoring.label_loglik(self.peft, self.fmt, prefix)
             else:
@@ -381,13 +382,13 @@ class Trainer:
 
         report = self.report
         return AdapterInfo(
-            adapter_type=self.config.adapter,
+            adapter_type=self.recipe.adapter,
             base_model=self.spec.name,
             labels=self.labels,
             prompt=self.fmt.describe(),
             requirements=any(e.requirement for e in (*self.train_examples, *self.val_examples)),
             training={
-                **asdict(self.config),
+                **self.config.to_dict(),
                 "epochs": self.epochs,  # resolved, when the config left it to the data size
                 "n_train": report.n_train,
                 "n_val": report.n_val,

@@ -18,9 +18,15 @@ from validora.cli.display import (
     out,
     sigterm_as_interrupt,
 )
-from validora.training import TrainConfig
+from validora.training import Recipe, TrainConfig
 
-_D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+_RUN = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
+_RECIPE = {f.name for f in dataclasses.fields(Recipe)}
+_D = {
+    f.name: f.default
+    for f in (*dataclasses.fields(TrainConfig), *dataclasses.fields(Recipe))
+    if f.default is not dataclasses.MISSING
+}
 DATA = "Data"
 MODEL = "Model and adapter"
 OPT = "Optimisation"
@@ -121,13 +127,14 @@ def train(
     ] = False,
 ) -> None:
     """Train an aLoRA or LoRA validator adapter on labeled JSONL and evaluate it on a held-out split."""
-    # Every parameter but --json is a TrainConfig field of the same name; paths travel as strings.
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k in fields}
-    config = TrainConfig(**values)
+    # Every parameter but --json is a field of the same name, of TrainConfig or of its Recipe; paths
+    # travel as strings.
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k in _RUN | _RECIPE}
+    recipe = Recipe(**{k: v for k, v in values.items() if k in _RECIPE})
+    config = TrainConfig(**{k: v for k, v in values.items() if k in _RUN}, recipe=recipe)
     changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
     console.print(
-        f"Training {config.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
+        f"Training {recipe.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
         highlight=False,
     )
 
