@@ -57,12 +57,34 @@ def test_undecodable_text_names_the_file_and_every_bad_line(tmp_path: Path):
     assert load_texts(bom)[0].item == "first"  # a BOM is not part of the text
 
 
+def test_cli_error_messages_show_the_option_they_begin_with_as_its_flag(tmp_path: Path):
+    from validora.cli.display import error_message
+    from validora.errors import HubError
+
+    with pytest.raises(DataError) as err:
+        load_texts(tmp_path / "unused.txt", fmt="xml")
+    assert str(err.value) == "fmt must be one of auto, jsonl, text, not 'xml'." and err.value.option == "fmt"
+    assert error_message(err.value) == "--format must be one of auto, jsonl, text, not 'xml'."
+    assert error_message(ConfigError("rank must be at least 1, not 0.", option="rank")) == (
+        "--rank must be at least 1, not 0."
+    )
+    assert error_message(HubError("repo_id 'a b' must be ORG/NAME.", option="repo_id")).startswith(
+        "--name 'a b'"
+    )
+    # Only the leading option word changes: a path or value that spells it is left alone.
+    odd = ConfigError("promptfile promptfile does not exist.", option="promptfile")
+    assert error_message(odd) == "--promptfile promptfile does not exist."
+    lines = DataError("max_length 20 leaves no room.", [], option="max_length")
+    assert error_message(lines) == "--max-length 20 leaves no room."
+    assert error_message(ConfigError("2 texts but 1 requirements.")) == "2 texts but 1 requirements."
+
+
 def test_validator_refuses_batch_sizes_below_one():
     validator = Validator(model=None, fmt=None, info=None, path=Path("unused"))  # refused before any use
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ConfigError, match="--batch-size must be a whole number of at least 1"):
+        with pytest.raises(ConfigError, match=r"^batch_size must be a whole number of at least 1"):
             validator.predict(["x"], batch_size=bad)
-        with pytest.raises(ConfigError, match="--batch-size"):
+        with pytest.raises(ConfigError, match=r"^batch_size"):
             validator.evaluate(["x"], ["a"], batch_size=bad)
     with pytest.raises(ConfigError, match="2 texts but 1 requirements"):
         validator.predict(["x", "y"], requirements=["r"])

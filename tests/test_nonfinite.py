@@ -22,15 +22,15 @@ runner = CliRunner()
 )
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_config_refuses_non_finite_floats(field: str, value: float):
-    with pytest.raises(ConfigError, match=f"{field.replace('_', '.')} must be a finite number, not {value}"):
+    with pytest.raises(ConfigError, match=f"^{field} must be a finite number, not {value}"):
         Recipe(**{field: value})
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"alpha": 0}, "--alpha must be positive, not 0"),
-        ({"alpha": -16}, "--alpha must be positive, not -16"),
+        ({"alpha": 0}, "^alpha must be positive, not 0"),
+        ({"alpha": -16}, "^alpha must be positive, not -16"),
         ({"eval_batch_size": 0}, "eval_batch_size must be at least 1, not 0"),
         ({"warmup_fraction": -0.1}, "warmup_fraction must be between 0 and 1"),
         ({"warmup_fraction": 1.5}, "warmup_fraction must be between 0 and 1"),
@@ -56,6 +56,39 @@ def test_cli_refuses_them_with_exit_2_before_any_work(tmp_path: Path, flags: lis
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag", "text"),
+    [
+        ("learning_rate", -1.0, "--learning-rate", "-1"),
+        ("batch_size", 0, "--batch-size", "0"),
+        ("val_fraction", 1.0, "--val-fraction", "1"),
+        ("max_length", 8, "--max-length", "8"),
+        ("epochs", 0, "--epochs", "0"),
+    ],
+)
+def test_the_library_names_the_field_and_the_cli_the_flag(tmp_path: Path, field, value, flag, text):
+    """One bad value, two audiences: Python callers read `learning_rate`, the command line `--learning-rate`."""
+    with pytest.raises(ConfigError) as err:
+        Recipe(**{field: value})
+    message = str(err.value)
+    assert message.startswith(f"{field} must be ") and "--" not in message and err.value.option == field
+    data = write_jsonl(tmp_path / "d.jsonl", engine_rows(2))
+    result = runner.invoke(app, ["alora", "train", str(data), "--outfile", str(tmp_path / "out"), flag, text])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {flag}{message.removeprefix(field)}" in " ".join(result.output.split())
+    assert f"Error: {field}" not in result.output
+
+
+def test_options_without_a_flag_are_named_as_fields_everywhere():
+    """warmup_fraction has no flag: its error carries no option, so nothing shows it as --warmup-fraction."""
+    from validora.cli.display import error_message
+
+    with pytest.raises(ConfigError) as err:
+        Recipe(warmup_fraction=2.0)
+    assert err.value.option is None and error_message(err.value) == str(err.value)
+    assert str(err.value) == "warmup_fraction must be between 0 and 1, not 2.0."
 
 
 def test_a_nan_loss_stops_the_cli_and_keeps_the_earlier_adapter(trained_adapter: Path, tmp_path: Path):

@@ -142,7 +142,7 @@ def load_texts(source: str | Path, raw: bytes | None = None, *, fmt: str = "auto
     JSONL when every non-blank line is a JSON object with "item" (plain text when none is; a mix is refused).
     """
     if fmt not in TEXT_FORMATS:
-        raise DataError(f"--format must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.")
+        raise DataError(f"fmt must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.", option="fmt")
     stdin = str(source) == "-"
     name = "<stdin>" if stdin else source
     if raw is None:
@@ -211,7 +211,9 @@ def stratified_split(
     Without duplicates the split is the one earlier versions gave for the same seed.
     """
     if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}.")
+        raise DataError(
+            f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}.", option="val_fraction"
+        )
     labels = labels_of(examples)
     if len(labels) < 2:
         raise DataError(f"The data has only one label ({labels[0]!r}); a classifier needs at least two.")

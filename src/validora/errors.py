@@ -7,9 +7,19 @@ from pathlib import Path
 
 
 class ValidoraError(Exception):
-    """Root of every error validora raises on purpose."""
+    """Root of every error validora raises on purpose.
+
+    `option`: the setting the message is about, by its Python name (`learning_rate`), when the CLI has a
+    flag for it; the message begins with that name. The library names settings as Python callers write
+    them; the CLI shows the flag instead (`--learning-rate must be positive, not -1.`).
+    """
 
     exit_code = 1
+    option: str | None = None
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ConfigError(ValidoraError):
@@ -45,10 +55,17 @@ class DataError(ValidoraError):
 
     exit_code = 2
 
-    def __init__(self, message: str, problems: list[LineProblem] | None = None, more: int = 0):
+    def __init__(
+        self,
+        message: str,
+        problems: list[LineProblem] | None = None,
+        more: int = 0,
+        *,
+        option: str | None = None,
+    ):
         self.problems = problems or []
         self.more = more
         lines = [message, *(f"  {p}" for p in self.problems)]
         if more:
             lines.append(f"  ... and {more} more bad line(s)")
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), option=option)

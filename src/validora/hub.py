@@ -103,9 +103,9 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise HubError(f"--name {repo_id!r} is not a valid repository id: {exc}") from None
+        raise HubError(f"repo_id {repo_id!r} is not a valid repository id: {exc}", option="repo_id") from None
     if repo_id.count("/") != 1:
-        raise HubError(f"--name {repo_id!r} must be ORG/NAME (or USER/NAME).")
+        raise HubError(f"repo_id {repo_id!r} must be ORG/NAME (or USER/NAME).", option="repo_id")
 
 
 @dataclass(frozen=True)

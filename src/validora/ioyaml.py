@@ -91,7 +91,7 @@ def validate(path: str | Path, labels: list[str]) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--io-yaml {path} does not exist.") from None
+        raise ConfigError(f"io_yaml {path} does not exist.", option="io_yaml") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text: {exc}") from None
     try:

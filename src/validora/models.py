@@ -209,7 +209,7 @@ def local_files(spec: BaseModelSpec) -> str:
 def pick_device(device: str = "auto") -> torch.device:
     """cuda → mps → cpu for "auto"; an explicit device that is not there is an error, not a fallback."""
     if device not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}.")
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}.", option="device")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

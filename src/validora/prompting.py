@@ -63,17 +63,22 @@ def load_promptfile(path: str | Path) -> str:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--promptfile {path} does not exist.") from None
+        raise ConfigError(f"promptfile {path} does not exist.", option="promptfile") from None
     except IsADirectoryError:
-        raise ConfigError(f"--promptfile {path} is a directory, not a JSON file.") from None
+        raise ConfigError(
+            f"promptfile {path} is a directory, not a JSON file.", option="promptfile"
+        ) from None
     except PermissionError:
-        raise ConfigError(f"--promptfile {path} cannot be read (permission denied).") from None
+        raise ConfigError(
+            f"promptfile {path} cannot be read (permission denied).", option="promptfile"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--promptfile {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"promptfile {path} is not valid JSON: {exc}", option="promptfile") from None
     prompt = data.get("invocation_prompt") if isinstance(data, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError(
-            f'--promptfile {path} must be a JSON object with a non-empty "invocation_prompt" string.'
+            f'promptfile {path} must be a JSON object with a non-empty "invocation_prompt" string.',
+            option="promptfile",
         )
     return prompt
 
@@ -171,8 +176,9 @@ class PromptFormat:
         room = self.max_length - len(self.lead_ids) - len(req_ids) - self.suffix_budget
         if room < 1:
             raise DataError(
-                f"--max-length {self.max_length} leaves no room for the item: the requirement line, "
-                f"invocation and longest label take {self.max_length - room} tokens."
+                f"max_length {self.max_length} leaves no room for the item: the requirement line, "
+                f"invocation and longest label take {self.max_length - room} tokens.",
+                option="max_length",
             )
         return room
 

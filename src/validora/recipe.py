@@ -29,6 +29,15 @@ def resolve_epochs(epochs: int | None, updates_per_epoch: int) -> int:
     return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_UPDATES / max(1, updates_per_epoch))))
 
 
+# Recipe fields without a flag of `m alora train`: their errors carry no option for the CLI to show as one.
+_LIBRARY_ONLY = ("warmup_fraction", "eval_batch_size", "target_modules")
+
+
+def _refused(name: str, why: str) -> ConfigError:
+    """The error names the field (learning_rate); the CLI shows its flag (--learning-rate)."""
+    return ConfigError(f"{name} {why}.", option=None if name in _LIBRARY_ONLY else name)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train: every hyperparameter with its default, validated on construction."""
@@ -52,51 +61,30 @@ class Recipe:
     eval_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        floats = {
-            "--learning-rate": self.learning_rate,
-            "--val-fraction": self.val_fraction,
-            "--dropout": self.dropout,
-            "warmup_fraction": self.warmup_fraction,  # library-only options are named as fields
-            "--cache-memory-gb": self.cache_memory_gb,
-        }
-        for name, value in floats.items():
+        for name in ("learning_rate", "val_fraction", "dropout", "warmup_fraction", "cache_memory_gb"):
+            value = getattr(self, name)
             if not math.isfinite(value):  # inf passes a "> 0" check and nan fails it without saying why
-                raise ConfigError(f"{name} must be a finite number, not {value}.")
+                raise _refused(name, f"must be a finite number, not {value}")
         checks = [
-            (
-                self.adapter in ADAPTER_TYPES,
-                f"--adapter must be one of {', '.join(ADAPTER_TYPES)}, not {self.adapter!r}",
-            ),
-            (
-                self.epochs is None or self.epochs >= 1,
-                f"--epochs must be at least 1, not {self.epochs}",
-            ),
-            (self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
-            (self.grad_accum >= 1, f"--grad-accum must be at least 1, not {self.grad_accum}"),
-            (self.max_length >= 16, f"--max-length must be at least 16, not {self.max_length}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
-            (self.rank >= 1, f"--rank must be at least 1, not {self.rank}"),
-            (self.alpha is None or self.alpha > 0, f"--alpha must be positive, not {self.alpha}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}"),
-            (
-                self.early_stop >= 0,
-                f"--early-stop must be 0 (off) or a number of epochs, not {self.early_stop}",
-            ),
-            (
-                0 <= self.warmup_fraction <= 1,
-                f"warmup_fraction must be between 0 and 1, not {self.warmup_fraction}",
-            ),
-            (
-                self.eval_batch_size >= 1,
-                f"eval_batch_size must be at least 1, not {self.eval_batch_size}",
-            ),
-            (self.cache_memory_gb >= 0, f"--cache-memory-gb must be >= 0, not {self.cache_memory_gb}"),
-            (bool(self.target_modules), "--target-modules needs at least one module name"),
-        ]
-        for ok, message in checks:
+            ("adapter", self.adapter in ADAPTER_TYPES, f"must be one of {', '.join(ADAPTER_TYPES)}, not {self.adapter!r}"),
+            ("epochs", self.epochs is None or self.epochs >= 1, f"must be at least 1, not {self.epochs}"),
+            ("learning_rate", self.learning_rate > 0, f"must be positive, not {self.learning_rate}"),
+            ("batch_size", self.batch_size >= 1, f"must be at least 1, not {self.batch_size}"),
+            ("grad_accum", self.grad_accum >= 1, f"must be at least 1, not {self.grad_accum}"),
+            ("max_length", self.max_length >= 16, f"must be at least 16, not {self.max_length}"),
+            ("val_fraction", 0 < self.val_fraction < 1, f"must be between 0 and 1, not {self.val_fraction}"),
+            ("rank", self.rank >= 1, f"must be at least 1, not {self.rank}"),
+            ("alpha", self.alpha is None or self.alpha > 0, f"must be positive, not {self.alpha}"),
+            ("dropout", 0 <= self.dropout < 1, f"must be in [0, 1), not {self.dropout}"),
+            ("early_stop", self.early_stop >= 0, f"must be 0 (off) or a number of epochs, not {self.early_stop}"),
+            ("warmup_fraction", 0 <= self.warmup_fraction <= 1, f"must be between 0 and 1, not {self.warmup_fraction}"),
+            ("eval_batch_size", self.eval_batch_size >= 1, f"must be at least 1, not {self.eval_batch_size}"),
+            ("cache_memory_gb", self.cache_memory_gb >= 0, f"must be >= 0, not {self.cache_memory_gb}"),
+            ("target_modules", bool(self.target_modules), "needs at least one module name"),
+        ]  # fmt: skip
+        for name, ok, why in checks:
             if not ok:
-                raise ConfigError(message + ".")
+                raise _refused(name, why)
 
     @property
     def lora_alpha(self) -> int:

@@ -76,7 +76,9 @@ class Validator:
 def check_batch_size(batch_size: int) -> None:
     """A batch size below 1 would score nothing (or fail deep inside scoring): refuse it by name."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a whole number of at least 1, not {batch_size!r}.")
+        raise ConfigError(
+            f"batch_size must be a whole number of at least 1, not {batch_size!r}.", option="batch_size"
+        )
 
 
 def load_validator(

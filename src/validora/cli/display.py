@@ -25,6 +25,16 @@ console = Console(stderr=True)
 out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Library options whose flag is not the name with dashes: load_texts(fmt=...), publish.upload(repo_id=...).
+_FLAGS = {"fmt": "--format", "repo_id": "--name"}
+
+
+def error_message(exc: ValidoraError) -> str:
+    """The message as the CLI shows it: the option it begins with (learning_rate) as its flag (--learning-rate)."""
+    text, option = str(exc), exc.option
+    if option and text.startswith(f"{option} "):
+        text = _FLAGS.get(option, "--" + option.replace("_", "-")) + text[len(option) :]
+    return text
 
 
 def handles_errors(func: F) -> F:
@@ -35,7 +45,9 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ValidoraError as exc:
-            console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold red]Error:[/] {escape(error_message(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # unwritable directories, full disks: a message, not a traceback
             console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
