@@ -311,3 +311,26 @@ def test_model_card_states_the_calibration():
     assert "![reliability diagram](reliability_diagram.png)" in card
     older = model_card(AdapterInfo(**info_dict()), {})  # trained before calibration: no diagram to show
     assert "reliability_diagram.png" not in older and "none fitted" in older
+
+
+@pytest.mark.parametrize(("temperature", "flagged"), [(20.0, True), (19.0, False), (1.3, False)])
+def test_a_temperature_at_its_upper_bound_marks_the_report_uninformative(temperature, flagged):
+    from validora.metrics import classification_metrics
+    from validora.training import TrainReport
+
+    metrics = classification_metrics(["a", "b", "a"], ["a", "a", "a"], ["a", "b"])
+    report = TrainReport(
+        epochs=[],
+        best_epoch=1,
+        metrics=metrics,
+        n_train=3,
+        n_val=3,
+        truncated_items=0,
+        train_seconds=1.0,
+        cache_seconds=0.0,
+        examples_per_second=3.0,
+        prefix_cache="off",
+        temperature=temperature,
+    )
+    assert report.uninformative is flagged
+    assert report.to_dict()["uninformative"] is flagged

@@ -22,7 +22,7 @@ import torch
 
 from validora import scoring
 from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, staged_directory, write_json
-from validora.calibration import expected_calibration_error, fit_temperature, top_label
+from validora.calibration import T_MAX, expected_calibration_error, fit_temperature, top_label
 from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError, ValidoraError
 from validora.metrics import Metrics, classification_metrics
@@ -68,10 +68,17 @@ class TrainReport:
         """Validation accuracy no better than always answering the most frequent label."""
         return self.metrics.accuracy <= self.metrics.chance_accuracy + 1e-9
 
+    @property
+    def uninformative(self) -> bool:
+        """The temperature hit its upper bound: held-out scores barely separate the labels, so the
+        probabilities sit near 1/K whatever the input (accuracy may still be above chance by luck)."""
+        return self.temperature >= T_MAX * 0.999
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["chance_accuracy"] = self.metrics.chance_accuracy
         data["at_chance"] = self.at_chance
+        data["uninformative"] = self.uninformative
         return data
 
 

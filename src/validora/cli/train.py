@@ -179,6 +179,12 @@ def train(
             "[bold yellow]Warning:[/] held-out accuracy is no better than always answering the most frequent label. "
             "The adapter has not learned; try a higher --learning-rate or more --epochs."
         )
+    elif report.uninformative:
+        console.print(
+            f"[bold yellow]Warning:[/] the held-out scores barely separate the labels (calibration "
+            f"temperature at its bound, {report.temperature:.0f}): every probability will sit near "
+            f"1/{len(report.metrics.labels)}. More, or more distinctive, examples per label would help."
+        )
     console.print(f"Adapter written to [bold]{target}[/]")
 
 
