@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, hub, predict, train
+from validora.cli import evaluate, export, hub, predict, train
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -20,6 +20,7 @@ alora.command("predict")(predict.predict)
 alora.command("upload")(hub.upload)
 alora.command("io-yaml")(hub.io_yaml)
 alora.command("download")(hub.download)
+alora.command("export")(export.export)
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,32 @@
+"""`m alora export ADAPTER --outfile NAME.gguf`: the adapter as a llama.cpp LoRA adapter GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from validora.cli.display import console, handles_errors, out
+
+
+@handles_errors
+def export(
+    adapter: Annotated[
+        str, typer.Argument(help="Adapter directory written by `m alora train`, or a hub id.")
+    ],
+    outfile: Annotated[Path, typer.Option(help="The .gguf file to write.")],
+    basemodel: Annotated[
+        str | None,
+        typer.Option(help="Override the adapter's base model (its architecture decides the layout)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTFILE.")] = False,
+) -> None:
+    """Export an adapter for llama.cpp's llama-server (an aLoRA keeps its invocation tokens)."""
+    from validora.export import export_gguf, serve_hint
+
+    with console.status(f"Exporting {escape(adapter)}..."):
+        path = export_gguf(adapter, outfile, basemodel=basemodel, overwrite=overwrite)
+    console.print(escape(serve_hint(adapter, path, basemodel=basemodel)), highlight=False, soft_wrap=True)
+    out.print(str(path), highlight=False, soft_wrap=True)
