@@ -6,7 +6,7 @@ STAMP := $(VENV)/.validora-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint bench clean-demo llama-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: $(STAMP)
 		"Serviced: new air filter and plug, ran smooth for 20 minutes on the stand." \
 		"Idle surges up and down, fuel weeping from the bowl gasket."
 	$(BIN)/python examples/triage.py checkpoints/engine_alora
+
+# llama.cpp's llama-server for serving validators (not part of demo/install): one found on PATH or in
+# VALIDORA_LLAMA_SERVER that serves aLoRA, else built once from the official sources into the cache
+# (CPU, niced, VALIDORA_BUILD_JOBS=1 by default: tens of minutes on two cores).
+llama-server: $(STAMP)
+	$(BIN)/python -m validora.llamacpp build
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

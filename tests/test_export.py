@@ -209,3 +209,58 @@ def test_cli_exports_and_says_how_to_serve(trained_adapter, tmp_path):
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = runner.invoke(app, ["alora", "export", str(trained_adapter), "--outfile", str(tmp_path / "x.bin")])
     assert bad.exit_code == 2 and "--outfile" in bad.output
+
+
+# llama-server: found (after checking it serves aLoRA) or built once into the cache.
+
+
+def test_probe_adapter_carries_invocation_tokens(tmp_path):
+    from validora.models import embedded_gguf_path
+
+    meta = fields(llamacpp.write_probe_adapter(embedded_gguf_path(), tmp_path / "probe.gguf"))
+    assert meta["adapter.alora.invocation_tokens"][0] == llamacpp.PROBE_TOKENS
+    assert meta["general.type"][0] == "adapter" and meta["general.architecture"][0] == "llama"
+
+
+def test_server_named_by_env_must_exist_and_serve_alora(tmp_path, monkeypatch):
+    monkeypatch.setenv(llamacpp.SERVER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="not an executable file"):
+        llamacpp.find_server()
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'no such option' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(llamacpp.SERVER_ENV, str(fake))
+    with pytest.raises(llamacpp.LlamaCppError, match="does not serve aLoRA"):
+        llamacpp.find_server()
+
+
+def test_a_finished_build_is_reused_and_a_wrong_sdist_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("VALIDORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(llamacpp.SERVER_ENV, raising=False)
+    import tarfile
+
+    sdist = tmp_path / "llama_cpp_python-0.0.1.tar.gz"
+    changelog = tmp_path / "CHANGELOG.md"
+    changelog.write_text("## [0.0.1]\n- feat: update llama.cpp to ggml-org/llama.cpp@abc\n")
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(changelog, f"llama_cpp_python-{llamacpp.LLAMA_CPP_PYTHON}/CHANGELOG.md")
+    monkeypatch.setenv(llamacpp.SDIST_ENV, str(sdist))
+    with pytest.raises(llamacpp.LlamaCppError, match="is not llama-cpp-python"):
+        llamacpp.fetch_sources(say=lambda line: None)
+    assert not llamacpp.source_tree().exists()
+
+    binary = llamacpp.home() / "bin" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    assert llamacpp.cached_server() is None  # no build.json: an unfinished build is not used
+    info = llamacpp.home() / llamacpp.BUILD_INFO
+    info.write_text(json.dumps({"commit": llamacpp.LLAMA_CPP_COMMIT, "cmake_flags": ["-DGGML_NATIVE=ON"]}))
+    assert llamacpp.cached_server() is None  # built with other flags (AMX on): rebuilt, not reused
+    info.write_text(json.dumps({"commit": llamacpp.LLAMA_CPP_COMMIT, "cmake_flags": llamacpp.cmake_flags()}))
+    assert llamacpp.build(say=lambda line: None) == binary  # nothing downloaded or compiled
+
+
+@pytest.mark.skipif(llamacpp.cached_server() is None, reason="no llama-server built yet (make llama-server)")
+def test_built_server_serves_alora_adapters():
+    assert llamacpp.supports_alora(llamacpp.cached_server())
+    assert "-DGGML_AMX_INT8=ON" not in llamacpp.cmake_flags()

@@ -1,0 +1,405 @@
+"""llama.cpp's `llama-server`, the engine validators are served on: find one that serves aLoRA adapters,
+or build one, once, from the official sources into validora's cache.
+
+The official llama.cpp tree ships inside the `llama-cpp-python` source distribution on PyPI
+(`vendor/llama.cpp`); PyPI has no prebuilt server and the Python bindings do not expose aLoRA, so the
+C++ server is built with CMake + Ninja (Release, CPU, no OpenSSL, no web UI download): only the
+`llama-server` target, into `<cache>/llama.cpp/<commit>/`, with `build.json` recording the commit.
+
+    python -m validora.llamacpp build      # what `make llama-server` runs
+    python -m validora.llamacpp find       # print the server validora would use, or exit 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from validora.errors import ConfigError, ValidoraError
+from validora.models import cache_dir
+
+LLAMA_CPP_PYTHON = "0.3.36"  # its sdist vendors llama.cpp at this commit (its CHANGELOG says so)
+LLAMA_CPP_COMMIT = "0c1e57098"
+SERVER_ENV = "VALIDORA_LLAMA_SERVER"  # a llama-server binary to use instead of PATH or the cache
+SDIST_ENV = "VALIDORA_LLAMA_CPP_SDIST"  # a downloaded llama_cpp_python-<version>.tar.gz (offline builds)
+BUILD_INFO = "build.json"
+CMAKE_FLAGS = (
+    "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_CUDA=OFF", "-DGGML_METAL=OFF",
+)  # fmt: skip
+
+
+class LlamaCppError(ValidoraError):
+    """llama-server could not be found, built, started or reached."""
+
+
+def home() -> Path:
+    """Where this commit's sources, build tree and server live."""
+    return cache_dir() / "llama.cpp" / LLAMA_CPP_COMMIT
+
+
+def source_tree() -> Path:
+    return home() / "src"
+
+
+# x86 CPU flag (/proc/cpuinfo) → ggml option. AMX stays off: ggml's AMX matmul crashed (SIGSEGV in
+# ggml_backend_amx_mul_mat, at the first decode) on the Q4_1 embedded model on an AMX machine, and
+# GGML_NATIVE's -march=native would turn it on; `--no-repack` at run time is the other way round it.
+X86_OPTIONS = {
+    "GGML_SSE42": ("sse4_2",), "GGML_AVX": ("avx",), "GGML_AVX2": ("avx2",), "GGML_BMI2": ("bmi2",),
+    "GGML_FMA": ("fma",), "GGML_F16C": ("f16c",), "GGML_AVX_VNNI": ("avx_vnni",),
+    "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "GGML_AVX512_VBMI": ("avx512vbmi",), "GGML_AVX512_VNNI": ("avx512_vnni",),
+    "GGML_AVX512_BF16": ("avx512_bf16",),
+}  # fmt: skip
+
+
+def cpu_flags() -> list[str]:
+    """ggml's CPU options for this machine: its x86 instruction sets without AMX; elsewhere -march=native."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    have = set(
+        next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    )
+    if "avx" not in have:
+        return []  # not x86 (or very old): ggml's own native detection
+    on = [f"-D{opt}={'ON' if all(f in have for f in need) else 'OFF'}" for opt, need in X86_OPTIONS.items()]
+    return ["-DGGML_NATIVE=OFF", *on, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+
+
+def cmake_flags() -> list[str]:
+    return [*CMAKE_FLAGS, *cpu_flags(), f"-DLLAMA_BUILD_COMMIT={LLAMA_CPP_COMMIT}"]
+
+
+def cached_server() -> Path | None:
+    """The server built by `build()` with today's flags, if its build finished (build.json is written last)."""
+    binary = home() / "bin" / "llama-server"
+    info = build_info()
+    return binary if info and info.get("cmake_flags") == cmake_flags() and binary.is_file() else None
+
+
+def build_info() -> dict | None:
+    path = home() / BUILD_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _sdist(workdir: Path, say: Callable[[str], None]) -> Path:
+    """The llama-cpp-python sdist: $VALIDORA_LLAMA_CPP_SDIST, else `pip download` from PyPI."""
+    if given := os.environ.get(SDIST_ENV):
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{SDIST_ENV}={given} is not a file.")
+        return path
+    say(f"Downloading the llama.cpp sources (llama-cpp-python {LLAMA_CPP_PYTHON} sdist, about 75 MB) ...")
+    cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "--no-deps",
+           "--no-binary", ":all:", "-d", str(workdir)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(workdir.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        raise LlamaCppError(
+            f"Could not download the llama.cpp sources from PyPI:\n{done.stderr.strip()[-2000:]}\n"
+            f"Download llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz yourself and set {SDIST_ENV} to it."
+        )
+    return found[0]
+
+
+def fetch_sources(say: Callable[[str], None] = _say) -> Path:
+    """The official llama.cpp tree, extracted once from the sdist into the cache (checked: its commit)."""
+    tree = source_tree()
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".src-", dir=tree.parent) as tmp:
+        sdist = _sdist(Path(tmp), say)
+        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/"
+        with tarfile.open(sdist) as tar:
+            changelog = tar.extractfile(prefix + "CHANGELOG.md")
+            text = changelog.read().decode() if changelog else ""
+            if f"[{LLAMA_CPP_PYTHON}]" not in text or f"llama.cpp@{LLAMA_CPP_COMMIT}" not in text:
+                raise LlamaCppError(
+                    f"{sdist} is not llama-cpp-python {LLAMA_CPP_PYTHON} (llama.cpp@{LLAMA_CPP_COMMIT})."
+                )
+            vendor = prefix + "vendor/llama.cpp/"
+            members = [m for m in tar.getmembers() if m.name.startswith(vendor)]
+            for m in members:
+                m.name = m.name[len(vendor) :]
+            tar.extractall(Path(tmp) / "tree", members=members, filter="data")
+        os.replace(Path(tmp) / "tree", tree)
+    return tree
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time per cache; a second `make llama-server` waits and then reuses the first."""
+    import fcntl
+
+    home().mkdir(parents=True, exist_ok=True)
+    fd = os.open(home() / "build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def build(*, jobs: int = 1, niceness: int = 19, say: Callable[[str], None] = _say) -> Path:
+    """Build `llama-server` once (CPU, Release); return the binary. An earlier finished build is reused."""
+    if found := cached_server():
+        return found
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None:
+            raise LlamaCppError(f"Building llama-server needs {tool} on PATH (and a C++17 compiler).")
+    with _build_lock():
+        if found := cached_server():
+            return found
+        tree = fetch_sources(say)
+        build_dir = home() / "build"
+        nice = ["nice", "-n", str(niceness)] if niceness and shutil.which("nice") else []
+        start = time.monotonic()
+        steps = [
+            [*nice, "cmake", "-S", str(tree), "-B", str(build_dir), *cmake_flags()],
+            [*nice, "cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)],
+        ]  # fmt: skip
+        say(f"Building llama-server (llama.cpp@{LLAMA_CPP_COMMIT}, CPU, -j {jobs}) in {build_dir} ...")
+        for cmd in steps:
+            _run_streamed(cmd, say)
+        binary = home() / "bin" / "llama-server"
+        binary.parent.mkdir(exist_ok=True)
+        shutil.copy2(build_dir / "bin" / "llama-server", binary)
+        _smoke_test(binary, say)
+        seconds = round(time.monotonic() - start, 1)
+        info = {"commit": LLAMA_CPP_COMMIT, "llama_cpp_python": LLAMA_CPP_PYTHON, "jobs": jobs,
+                "niceness": niceness, "seconds": seconds, "cmake_flags": cmake_flags(),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        (home() / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        say(f"Built {binary} in {seconds / 60:.1f} min.")
+        return binary
+
+
+def _smoke_test(binary: Path, say: Callable[[str], None]) -> None:
+    """A build that cannot serve the embedded model with an aLoRA adapter is not kept."""
+    from validora.models import embedded_gguf_path
+
+    try:
+        base = embedded_gguf_path()
+    except ValidoraError:
+        say("The embedded model is not installed: the new llama-server was not tried.")
+        return
+    if not supports_alora(binary, base):
+        raise LlamaCppError(f"The llama-server just built does not serve {base} with an aLoRA adapter.")
+
+
+def _run_streamed(cmd: list[str], say: Callable[[str], None]) -> None:
+    """Run a build step, showing Ninja's `[n/N]` progress lines; on failure, the log's tail."""
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = [*tail[-40:], line.rstrip()]
+            if line.startswith("[") or line.startswith("-- Build files") or "error" in line.lower():
+                say(line.rstrip())
+    if proc.returncode:
+        raise LlamaCppError(f"{' '.join(cmd)} failed ({proc.returncode}):\n" + "\n".join(tail))
+
+
+@dataclass
+class Server:
+    """A running llama-server; `stop()` (or leaving the `with` block) ends it."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    def get(self, path: str, timeout: float = 10.0) -> object:
+        return _http_json(self.url + path, None, timeout)
+
+    def post(self, path: str, body: dict, timeout: float = 120.0) -> object:
+        return _http_json(self.url + path, body, timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _http_json(url: str, body: dict | None, timeout: float) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.loads(answer.read())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    binary: str | Path,
+    model: str | Path,
+    loras: list[str | Path] | tuple[()] = (),
+    *,
+    port: int | None = None,
+    parallel: int = 1,
+    ctx_size: int = 4096,
+    threads: int | None = None,
+    extra: list[str] | tuple[()] = (),
+    wait: float = 120.0,
+) -> Server:
+    """Start llama-server on `model` with `loras` loaded at scale 0 (a request enables one by id) and
+    wait until it answers /health. Its output goes to a log file, shown in the error if it dies."""
+    port = port or free_port()
+    log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+    args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(parallel), "-c", str(ctx_size), "--no-webui"]  # fmt: skip
+    for lora in loras:
+        args += ["--lora", str(lora)]
+    if loras:
+        args.append("--lora-init-without-apply")
+    if threads:
+        args += ["-t", str(threads)]
+    args += list(extra)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = Server(process, f"http://127.0.0.1:{port}", log, args)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LlamaCppError(f"llama-server exited ({process.returncode}):\n{_tail(log)}")
+        with contextlib.suppress(OSError, ValueError):
+            if server.get("/health", timeout=2.0):
+                return server
+        time.sleep(0.25)
+    server.stop()
+    raise LlamaCppError(f"llama-server did not answer within {wait:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+PROBE_TOKENS = [1, 2, 3]
+
+
+def write_probe_adapter(base_gguf: str | Path, out: str | Path) -> Path:
+    """A do-nothing aLoRA adapter (one rank-1 zero pair on block 0's q) for `base_gguf`, with invocation
+    tokens PROBE_TOKENS: a server that lists them on /lora-adapters serves aLoRA."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFType, GGUFValueType, GGUFWriter, Keys
+
+    reader = GGUFReader(base_gguf)
+    q = next((t for t in reader.tensors if t.name == "blk.0.attn_q.weight"), None)
+    if q is None:
+        raise LlamaCppError(f"{base_gguf} has no blk.0.attn_q.weight; it is not a base model to probe with.")
+    n_in, n_out = int(q.shape[0]), int(q.shape[1])
+    writer = GGUFWriter(out, reader.fields["general.architecture"].contents())
+    writer.add_type(GGUFType.ADAPTER)
+    writer.add_string(Keys.Adapter.TYPE, "lora")
+    writer.add_float32(Keys.Adapter.LORA_ALPHA, 1.0)
+    writer.add_key_value(
+        Keys.Adapter.ALORA_INVOCATION_TOKENS, PROBE_TOKENS, GGUFValueType.ARRAY, GGUFValueType.UINT32
+    )
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((1, n_in), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((n_out, 1), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(out)
+
+
+def supports_alora(binary: str | Path, base_gguf: str | Path | None = None) -> bool:
+    """Start `binary` with a probe aLoRA adapter on a small base GGUF (the embedded model) and read
+    /lora-adapters: only a server that knows aLoRA reports the adapter's invocation tokens."""
+    from validora.models import embedded_gguf_path
+
+    base = Path(base_gguf) if base_gguf else embedded_gguf_path()
+    with tempfile.TemporaryDirectory(prefix="validora-probe-") as tmp:
+        probe = write_probe_adapter(base, Path(tmp) / "probe.gguf")
+        try:
+            with start_server(binary, base, [probe], ctx_size=256, threads=1, wait=60) as server:
+                listed = server.get("/lora-adapters")
+        except (LlamaCppError, OSError, ValueError):
+            return False
+    return isinstance(listed, list) and any(
+        isinstance(e, dict) and e.get("alora_invocation_tokens") == PROBE_TOKENS for e in listed
+    )
+
+
+def find_server(*, check: bool = True) -> Path | None:
+    """The llama-server to use: $VALIDORA_LLAMA_SERVER (must serve aLoRA), else one on PATH that serves
+    aLoRA, else the cached build; None when there is none (then `build()`)."""
+    if given := os.environ.get(SERVER_ENV):
+        path = Path(given).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"{SERVER_ENV}={given} is not an executable file.")
+        if check and not supports_alora(path):
+            raise LlamaCppError(
+                f"{SERVER_ENV}={given} does not serve aLoRA adapters (its /lora-adapters answer has no "
+                "invocation tokens); use a llama.cpp from September 2025 or later, or unset it and run "
+                "`make llama-server`."
+            )
+        return path
+    on_path = shutil.which("llama-server")
+    if on_path and (not check or supports_alora(on_path)):
+        return Path(on_path)
+    return cached_server()
+
+
+def ensure_server(*, jobs: int = 1, say: Callable[[str], None] = _say) -> Path:
+    """A llama-server that serves aLoRA: found, or built once (tens of minutes on two cores)."""
+    return find_server() or build(jobs=jobs, say=say)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m validora.llamacpp build|find`: for the Makefile; no CLI framework needed."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        jobs = int(os.environ.get("VALIDORA_BUILD_JOBS", "1"))
+        if args[:1] == ["build"]:
+            print(ensure_server(jobs=jobs))
+            return 0
+        if args[:1] == ["find"]:
+            found = find_server()
+            print(found or "")
+            return 0 if found else 1
+    except ValidoraError as exc:
+        _say(f"Error: {exc}")
+        return 1
+    _say("usage: python -m validora.llamacpp build|find")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
