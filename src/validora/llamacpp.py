@@ -57,7 +57,7 @@ def source_tree() -> Path:
 
 # x86 CPU flag (/proc/cpuinfo) → ggml option. AMX stays off: ggml's AMX matmul crashed (SIGSEGV in
 # ggml_backend_amx_mul_mat, at the first decode) on the Q4_1 embedded model on an AMX machine, and
-# GGML_NATIVE's -march=native would turn it on; `--no-repack` at run time is the other way round it.
+# GGML_NATIVE's -march=native would turn it on (a server built so runs here only with `--no-repack`).
 X86_OPTIONS = {
     "GGML_SSE42": ("sse4_2",), "GGML_AVX": ("avx",), "GGML_AVX2": ("avx2",), "GGML_BMI2": ("bmi2",),
     "GGML_FMA": ("fma",), "GGML_F16C": ("f16c",), "GGML_AVX_VNNI": ("avx_vnni",),
@@ -132,8 +132,10 @@ def fetch_sources(say: Callable[[str], None] = _say) -> Path:
         sdist = _sdist(Path(tmp), say)
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/"
         with tarfile.open(sdist) as tar:
-            changelog = tar.extractfile(prefix + "CHANGELOG.md")
-            text = changelog.read().decode() if changelog else ""
+            try:
+                text = tar.extractfile(prefix + "CHANGELOG.md").read().decode()  # type: ignore[union-attr]
+            except (KeyError, AttributeError, UnicodeDecodeError):
+                text = ""
             if f"[{LLAMA_CPP_PYTHON}]" not in text or f"llama.cpp@{LLAMA_CPP_COMMIT}" not in text:
                 raise LlamaCppError(
                     f"{sdist} is not llama-cpp-python {LLAMA_CPP_PYTHON} (llama.cpp@{LLAMA_CPP_COMMIT})."
@@ -142,7 +144,8 @@ def fetch_sources(say: Callable[[str], None] = _say) -> Path:
             members = [m for m in tar.getmembers() if m.name.startswith(vendor)]
             for m in members:
                 m.name = m.name[len(vendor) :]
-            tar.extractall(Path(tmp) / "tree", members=members, filter="data")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.11.4 lacks it
+            tar.extractall(Path(tmp) / "tree", members=members, **safe)
         os.replace(Path(tmp) / "tree", tree)
     return tree
 
