@@ -264,3 +264,19 @@ def test_a_finished_build_is_reused_and_a_wrong_sdist_refused(tmp_path, monkeypa
 def test_built_server_serves_alora_adapters():
     assert llamacpp.supports_alora(llamacpp.cached_server())
     assert "-DGGML_AMX_INT8=ON" not in llamacpp.cmake_flags()
+
+
+def test_shifted_invocation_drops_only_the_first_token(trained_adapter, exported, tmp_path):
+    """For llama-server, which switches an aLoRA on one token before its match (measured: the server's
+    label probabilities then follow PEFT's with the adapter one token early)."""
+    ids = AdapterInfo.read(trained_adapter).prompt["invocation_ids"]
+    shifted = export_gguf(trained_adapter, tmp_path / "shifted.gguf", shift_invocation=True)
+    assert fields(shifted)["adapter.alora.invocation_tokens"][0] == ids[1:]
+    same = {t.name: t.data for t in GGUFReader(exported).tensors}
+    assert all(np.array_equal(same[t.name], t.data) for t in GGUFReader(shifted).tensors)
+    one = copy_adapter(
+        trained_adapter, tmp_path / "one", config={"alora_invocation_tokens": ids[:1]},
+        info={"prompt": {**AdapterInfo.read(trained_adapter).prompt, "invocation_ids": ids[:1]}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="one-token invocation"):
+        export_gguf(one, tmp_path / "one.gguf", shift_invocation=True)

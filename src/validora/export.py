@@ -223,11 +223,16 @@ def export_gguf(
     *,
     basemodel: str | None = None,
     overwrite: bool = False,
+    shift_invocation: bool = False,
 ) -> Path:
-    """Write the adapter at `adapter_dir` (a directory or hub id) as a llama.cpp LoRA adapter GGUF at `outfile`; return its path.
+    """Write the adapter at `adapter_dir` (a directory or hub id) as a llama.cpp LoRA adapter GGUF at
+    `outfile`; return its path. The file appears complete or not at all.
 
     `basemodel` overrides the base model recorded in validora.json (its architecture and head counts
-    decide tensor names and the q/k permutation). The file appears complete or not at all.
+    decide tensor names and the q/k permutation). `shift_invocation` drops the first invocation token:
+    llama-server (at llama.cpp@0c1e57098) turns an aLoRA on one token *before* the tokens it matches,
+    PEFT (training) at the first of them; without the first token the server starts where training did.
+    Off, the file is the one llama.cpp's convert_lora_to_gguf.py writes.
     """
     import gguf
 
@@ -235,6 +240,13 @@ def export_gguf(
     info = AdapterInfo.read(directory)
     config = _lora_config(directory)
     tokens = _check_expressible(config, info, directory)
+    if shift_invocation and tokens is not None:
+        if len(tokens) < 2:
+            raise ConfigError(
+                f"{directory}: a one-token invocation cannot be shifted for llama-server.",
+                option="shift_invocation",
+            )
+        tokens = tokens[1:]
     out = _check_outfile(Path(outfile), overwrite=overwrite)
     shape = base_shape(resolve_base_model(basemodel or info.base_model))
     tensors = _tensors(directory, shape)
