@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from validora.cli.display import handles_errors, out
+from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
 from validora.errors import ConfigError
 
 
@@ -62,8 +63,33 @@ def predict(
         str | None, typer.Option(help="Branch, tag or commit, when ADAPTER is a hub id.")
     ] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per text on stdout.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --file: stream results as JSONL to this file (input line number, item, label, probs), "
+            "flushed batch by batch with a progress bar; rerunning the same command resumes where it stopped.",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="With --output: start over, replacing earlier results.")
+    ] = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
+    if output is not None or overwrite:
+        _predict_to_file(
+            adapter,
+            texts,
+            file,
+            output,
+            overwrite,
+            text_format,
+            requirement,
+            basemodel,
+            device,
+            batch_size,
+            revision,
+        )
+        return
     pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
     if file is not None:
         if str(file) != "-" and not file.exists():
@@ -96,3 +122,89 @@ def predict(
             escape(text), escape(r.label), escape("\n".join(f"{p:.3f} {label}" for label, p in ranked))
         )
     out.print(table)
+
+
+def _predict_to_file(
+    adapter: str,
+    texts: list[str] | None,
+    file: Path | None,
+    output: Path | None,
+    overwrite: bool,
+    text_format: str,
+    requirement: str | None,
+    basemodel: str | None,
+    device: str,
+    batch_size: int,
+    revision: str | None,
+) -> None:
+    """--output: the library streams and resumes; here only the progress bar and the messages."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from validora.batch import predict_file
+    from validora.validator import load_validator
+
+    if output is None:
+        raise ConfigError("--overwrite goes with --output.")
+    if file is None or texts:
+        raise ConfigError(
+            "--output writes the results of --file; give the texts in a file, not as arguments."
+        )
+    stdin = None
+    if str(file) == "-":
+        buffer = getattr(sys.stdin, "buffer", None)
+        stdin = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
+    sigterm_as_interrupt()  # `kill` leaves complete lines, like Ctrl-C
+    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
+    bar = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    state = {"done": 0, "total": 0}
+
+    def progress(done: int, total: int) -> None:
+        if not bar.task_ids:
+            bar.add_task("scoring", total=total, completed=done)  # resumed lines do not count toward ETA
+            bar.start()
+        bar.update(bar.task_ids[0], completed=done)
+        state.update(done=done, total=total)
+
+    def score(items: Sequence[str], reqs: Sequence[str | None]) -> list:
+        return validator.predict(items, requirements=reqs, batch_size=batch_size)
+
+    try:
+        run = predict_file(
+            score,
+            file,
+            output,
+            adapter=validator.path,
+            settings={"basemodel": basemodel} if basemodel else None,
+            requirement=requirement,
+            fmt=text_format,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            stdin=stdin,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print(
+            f"[yellow]Interrupted.[/] {state['done']} of {state['total']} results are in {escape(str(output))}; "
+            "run the same command again to resume.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    if run.dropped_partial:
+        console.print(
+            "Dropped an incomplete last line left by an interrupted run; it was scored again.", soft_wrap=True
+        )
+    resumed = f" ({run.skipped} were already there)" if run.skipped else ""
+    console.print(
+        f"{run.total} results in {escape(str(run.output))}{resumed}.", highlight=False, soft_wrap=True
+    )

@@ -1,0 +1,331 @@
+"""Batch validation to a JSONL file: streamed input, results flushed batch by batch, resumable.
+
+Why a sidecar: the results file stays pure JSONL (one object per input line, `line` first), and
+`<output>.meta.json` records what produced it (input digest, adapter digest, settings). A rerun that
+matches scores only the lines still missing; one that does not is refused before anything is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, _check_line
+from validora.errors import ConfigError, DataError, LineProblem
+from validora.scoring import LabelScores
+from validora.validator import check_batch_size
+
+META_VERSION = 1
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json")
+# What must be equal for a rerun to append to earlier results (paths may differ: the content decides).
+MATCHED = ("input_sha256", "items", "format", "requirement", "adapter_sha256", "settings")
+
+Scorer = Callable[[Sequence[str], Sequence[str | None]], list[LabelScores]]
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    output: Path
+    total: int  # items in the input
+    skipped: int  # already in the output from an earlier run
+    scored: int  # scored by this run
+    dropped_partial: bool  # an incomplete last line (an interrupted write) was removed
+
+
+def meta_path(output: str | Path) -> Path:
+    """The sidecar that records which input, adapter and settings `output` holds results for."""
+    output = Path(output)
+    return output.with_name(output.name + ".meta.json")
+
+
+def result_row(example: Example, scores: LabelScores) -> str:
+    """One output line: the input line number, then what `predict --jsonl` prints."""
+    row = {"line": example.line, "item": example.item, "label": scores.label, "probs": scores.probs}
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def adapter_digest(adapter: str | Path) -> str:
+    """sha256 over the adapter's weights, PEFT config and validora.json (labels, temperature)."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = Path(adapter) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with path.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(source: Path | bytes) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+
+
+def _parse(number: int, raw: bytes, jsonl: bool) -> tuple[Example | None, str | None, set[str]]:
+    if number == 1 and raw.startswith(BOM):
+        if jsonl:
+            return None, "file starts with a UTF-8 byte-order mark (BOM); save it without one", set()
+        raw = raw[len(BOM) :]
+    try:
+        text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8", set()
+    if not jsonl:
+        return Example(text, "", None, number), None, set()
+    example, problem, extra = _check_line(text, labeled=False)
+    if example is None:
+        return None, problem, extra
+    return Example(example.item, "", example.requirement, number), None, extra
+
+
+def _examples(source: Path | bytes, name: str, jsonl: bool) -> Iterator[Example]:
+    """The input's texts, read line by line (a bad line here means the file changed since the scan)."""
+    with _open(source) as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                example, problem, _ = _parse(number, raw, jsonl)
+                if example is None:
+                    raise DataError(f"{name}:{number}: {problem} (did the file change during the run?)")
+                yield example
+
+
+def _is_item_object(raw: bytes) -> bool:
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and "item" in obj
+
+
+def _resolve_format(source: Path | bytes, name: str, fmt: str) -> str:
+    """fmt "auto": a .jsonl suffix means JSONL; stdin is JSONL when every non-blank line is an item object."""
+    if fmt not in TEXT_FORMATS:
+        raise DataError(f"fmt must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.", option="fmt")
+    if fmt != "auto":
+        return fmt
+    if isinstance(source, Path):
+        return "jsonl" if source.suffix.lower() == ".jsonl" else "text"
+    lines = [(n, raw) for n, raw in enumerate(source.removeprefix(BOM).split(b"\n"), 1) if raw.strip()]
+    jsonish = [n for n, raw in lines if _is_item_object(raw)]
+    if jsonish and len(jsonish) != len(lines):
+        raise DataError(
+            f"{name} mixes JSONL lines (for example line {jsonish[0]}) with plain text; "
+            "pass --format jsonl or --format text."
+        )
+    return "jsonl" if lines and jsonish else "text"
+
+
+def scan_input(source: Path | bytes, name: str, jsonl: bool) -> tuple[str, int]:
+    """(sha256 of the bytes, number of texts), reading once; every bad line is reported before any scoring."""
+    digest, count, problems, unknown = hashlib.sha256(), 0, [], set()
+    with _open(source) as f:
+        for number, raw in enumerate(f, start=1):
+            digest.update(raw)
+            if not raw.strip():
+                continue
+            example, problem, extra = _parse(number, raw, jsonl)
+            if example is None:
+                problems.append(LineProblem(Path(name), number, problem or "unreadable"))
+            count += 1
+            unknown |= extra
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        raise DataError(
+            f"{name}: {len(problems)} bad line(s); nothing was written.", shown, len(problems) - len(shown)
+        )
+    if not count:
+        raise DataError(f"{name} holds no texts to classify.")
+    if unknown:
+        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
+        warnings.warn(f"{name}: ignoring unknown field(s) {keys}", stacklevel=3)
+    return digest.hexdigest(), count
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The sidecar's record, or None when the file is not one of ours."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("validora_batch") == META_VERSION else None
+
+
+def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    """Atomically: a crash leaves the old record or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """Why `output` cannot be resumed by this run, in the user's terms (None: it can)."""
+    for key in MATCHED:
+        if old.get(key) == new.get(key):
+            continue
+        if key in ("input_sha256", "items", "format"):
+            what = (
+                f"a different input ({old.get('input')}, {old.get('items')} texts, sha256 "
+                f"{str(old.get('input_sha256'))[:12]}; this run reads {new['input']}, {new['items']} texts, "
+                f"sha256 {new['input_sha256'][:12]})"
+            )
+        elif key == "adapter_sha256":
+            what = f"a different adapter ({old.get('adapter')}; this run uses {new['adapter']})"
+        else:
+            what = f"a different {key} ({old.get(key)!r}; this run has {new[key]!r})"
+        return f"{output} holds results for {what}."
+    return None
+
+
+def _done_prefix(output: Path, examples: Iterator[Example]) -> tuple[int, int, bool]:
+    """Check the output's complete lines against the input, in order: (lines done, bytes to keep, partial).
+
+    Consumes from `examples` exactly the inputs already done, so scoring carries on from the next one.
+    """
+    done = keep = 0
+    with output.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return done, keep, True  # killed mid-write: dropped, then written again
+            expected = next(examples, None)
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                row = None
+            if expected is None or not isinstance(row, dict) or row.get("line") != expected.line:
+                want = f"the result for input line {expected.line}" if expected else "no more lines"
+                raise DataError(
+                    f"{output} does not continue as this input: line {done + 1} should hold {want}. "
+                    "Nothing was changed; use --overwrite to start over.",
+                    [LineProblem(output, done + 1, "unexpected line")],
+                )
+            if row.get("item") != expected.item:
+                raise DataError(
+                    f"{output} line {done + 1} holds a different text than input line {expected.line}. "
+                    "Nothing was changed; use --overwrite to start over."
+                )
+            done, keep = done + 1, keep + len(raw)
+    return done, keep, False
+
+
+def _batches(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
+    batch: list[Example] = []
+    for example in examples:
+        batch.append(example)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_file(
+    score: Scorer,
+    source: str | Path,
+    output: str | Path,
+    *,
+    adapter: str | Path,
+    settings: Mapping[str, Any] | None = None,
+    requirement: str | None = None,
+    fmt: str = "auto",
+    batch_size: int = 8,
+    overwrite: bool = False,
+    stdin: bytes | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchRun:
+    """Score every text of `source` into `output` (JSONL, input order), resuming an interrupted run.
+
+    `score(texts, requirements)` returns one LabelScores per text; it is called once per `batch_size`
+    texts and each batch is flushed to disk before the next, so an interruption leaves complete lines
+    (and at worst one partial last line, dropped on resume). `adapter` (its directory) and `settings`
+    (anything else that changes scores, e.g. a base-model override) are fingerprinted with the input;
+    a rerun whose fingerprint differs is refused without touching the output, unless `overwrite`.
+    `stdin` holds the bytes when `source` is "-". `progress(done, total)` is called before scoring and
+    after each batch.
+    """
+    check_batch_size(batch_size)
+    is_stdin = str(source) == "-"
+    name = "<stdin>" if is_stdin else str(source)
+    if is_stdin:
+        data: Path | bytes = stdin if stdin is not None else b""
+    else:
+        data = Path(source)
+        if not data.is_file():
+            raise ConfigError(f"file {source} does not exist or is not a file.", option="file")
+    output = Path(output)
+    meta_file = meta_path(output)
+    if output.is_dir() or not output.parent.is_dir():
+        raise ConfigError(f"output {output} must be a file in an existing directory.", option="output")
+    if isinstance(data, Path) and output.exists() and output.samefile(data):
+        raise ConfigError(f"output {output} is the input file; write the results elsewhere.", option="output")
+    resolved = _resolve_format(data, name, fmt)
+    jsonl = resolved == "jsonl"
+    sha, total = scan_input(data, name, jsonl)
+    meta = {
+        "validora_batch": META_VERSION,
+        "input": name,
+        "input_sha256": sha,
+        "items": total,
+        "format": resolved,
+        "requirement": requirement,
+        "adapter": str(adapter),
+        "adapter_sha256": adapter_digest(adapter),
+        "settings": dict(settings or {}),
+    }
+    examples = _examples(data, name, jsonl)
+    skipped, partial = 0, False
+    old = _read_meta(meta_file) if meta_file.exists() else None
+    if meta_file.exists() and old is None and not overwrite:
+        raise ConfigError(
+            f"output {output}: its sidecar {meta_file.name} exists and was not written by validora; "
+            "move it, or pass --overwrite.",
+            option="output",
+        )
+    if output.exists() and not overwrite:
+        if old is None:
+            raise ConfigError(
+                f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
+                "resumed; choose another --output, or pass --overwrite to replace it.",
+                option="output",
+            )
+        why = _mismatch(output, old, meta)
+        if why:
+            raise ConfigError(
+                f"output {why} Nothing was changed; choose another --output, or pass --overwrite to start over.",
+                option="output",
+            )
+        skipped, keep, partial = _done_prefix(output, examples)
+        if partial:
+            os.truncate(output, keep)
+    else:
+        _write_meta(meta_file, meta)
+        output.write_bytes(b"")  # a new file, or the old one emptied because --overwrite asked for it
+    if progress:
+        progress(skipped, total)
+    done = skipped
+    with output.open("ab") as f:
+        for batch in _batches(examples, batch_size):
+            reqs = [e.requirement if e.requirement is not None else requirement for e in batch]
+            results = score([e.item for e in batch], reqs)
+            if len(results) != len(batch):
+                raise ConfigError(f"the scorer returned {len(results)} results for {len(batch)} texts.")
+            f.write("".join(result_row(e, r) for e, r in zip(batch, results, strict=True)).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+            done += len(batch)
+            if progress:
+                progress(done, total)
+    return BatchRun(output, total, skipped, done - skipped, partial)

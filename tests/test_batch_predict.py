@@ -1,0 +1,176 @@
+"""Batch validation to a file (`predict --output`): order, resume after interruption, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from validora.batch import meta_path, predict_file
+from validora.cli import app
+from validora.errors import ConfigError, DataError
+
+from .conftest import write_jsonl
+
+runner = CliRunner()
+NOTES = [
+    {"item": "rod knock at 3100 rpm, loud under load"},
+    {"item": "blue smoke on start, oil consumption high"},
+    {"item": "idle surges, carburetor float sticks", "requirement": "Name the failure."},
+    {"item": "new air filter, runs fine"},
+    {"item": "compression low on cylinder two"},
+]
+
+
+@pytest.fixture(scope="module")
+def validator(trained_adapter: Path):
+    from validora.validator import load_validator
+
+    return load_validator(trained_adapter, device="cpu")
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    path = write_jsonl(tmp_path / "notes.jsonl", NOTES)
+    path.write_text(path.read_text().replace("\n", "\n\n", 1))  # a blank line 2: line numbers skip it
+    return path
+
+
+class Counting:
+    """The real validator's predict, recording what it scored; optionally interrupted after `stop_after` calls."""
+
+    def __init__(self, validator, stop_after: int | None = None):
+        self.validator, self.stop_after, self.calls = validator, stop_after, []
+
+    def __call__(self, texts, reqs):
+        if self.stop_after is not None and len(self.calls) == self.stop_after:
+            raise KeyboardInterrupt
+        self.calls.append(list(texts))
+        return self.validator.predict(texts, requirements=reqs, batch_size=2)
+
+
+def run(validator, notes: Path, out: Path, score=None, **kw):
+    score = score or Counting(validator)
+    return predict_file(score, notes, out, adapter=validator.path, batch_size=2, **kw), score
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_results_are_in_input_order_and_equal_in_memory_predict(validator, notes: Path, tmp_path: Path):
+    out = tmp_path / "results.jsonl"
+    seen = []
+    result, score = run(validator, notes, out, progress=lambda d, t: seen.append((d, t)))
+    assert (result.total, result.skipped, result.scored) == (5, 0, 5)
+    assert [len(c) for c in score.calls] == [2, 2, 1] and seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    expected = validator.predict(
+        [n["item"] for n in NOTES], requirements=[n.get("requirement") for n in NOTES], batch_size=2
+    )
+    got = rows(out)
+    assert [r["line"] for r in got] == [1, 3, 4, 5, 6]
+    assert [r["item"] for r in got] == [n["item"] for n in NOTES]
+    assert [r["label"] for r in got] == [e.label for e in expected]
+    for r, e in zip(got, expected, strict=True):
+        assert r["probs"] == pytest.approx(e.probs, abs=1e-5)
+    assert json.loads(meta_path(out).read_text())["items"] == 5
+
+
+def test_an_interrupted_run_resumes_to_the_same_file_scoring_only_the_rest(
+    validator, notes: Path, tmp_path: Path
+):
+    whole = tmp_path / "whole.jsonl"
+    run(validator, notes, whole)
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run(validator, notes, out, Counting(validator, stop_after=1))
+    assert [r["line"] for r in rows(out)] == [1, 3]  # the first batch is on disk, whole lines only
+    result, score = run(validator, notes, out)
+    assert (result.skipped, result.scored, result.dropped_partial) == (2, 3, False)
+    assert score.calls == [[NOTES[2]["item"], NOTES[3]["item"]], [NOTES[4]["item"]]]
+    assert out.read_bytes() == whole.read_bytes()
+    again, score = run(validator, notes, out)  # finished: nothing left to score
+    assert (again.skipped, again.scored, score.calls) == (5, 0, [])
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_a_partial_last_line_is_dropped_and_rescored(validator, notes: Path, tmp_path: Path):
+    out = tmp_path / "results.jsonl"
+    run(validator, notes, out)
+    whole = out.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1
+    out.write_bytes(whole[: last + 20])  # killed in the middle of writing the last line
+    result, score = run(validator, notes, out)
+    assert result.dropped_partial and (result.skipped, result.scored) == (4, 1)
+    assert score.calls == [[NOTES[4]["item"]]]
+    assert out.read_bytes() == whole
+
+
+def test_another_input_or_adapter_is_refused_and_nothing_changes(
+    validator, notes: Path, tmp_path: Path, trained_adapter: Path
+):
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run(validator, notes, out, Counting(validator, stop_after=1))
+    before, meta_before = out.read_bytes(), meta_path(out).read_bytes()
+    other = write_jsonl(tmp_path / "other.jsonl", NOTES[::-1])
+    with pytest.raises(ConfigError, match="holds results for a different input") as exc:
+        run(validator, other, out)
+    assert exc.value.exit_code == 2 and "--overwrite" in str(exc.value)
+    recalibrated = tmp_path / "recalibrated"
+    shutil.copytree(trained_adapter, recalibrated)
+    info = json.loads((recalibrated / "validora.json").read_text())
+    info["temperature"] = 2.5
+    (recalibrated / "validora.json").write_text(json.dumps(info))
+    score = Counting(validator)
+    with pytest.raises(ConfigError, match="different adapter"):
+        predict_file(score, notes, out, adapter=recalibrated, batch_size=2)
+    with pytest.raises(ConfigError, match="different requirement"):
+        run(validator, notes, out, requirement="Name the failure.")
+    assert (out.read_bytes(), meta_path(out).read_bytes(), score.calls) == (before, meta_before, [])
+    mine = tmp_path / "mine.jsonl"  # a file the user wrote: never replaced unless asked
+    mine.write_text("my notes\n")
+    with pytest.raises(ConfigError, match="cannot be resumed"):
+        run(validator, notes, mine)
+    assert mine.read_text() == "my notes\n" and not meta_path(mine).exists()
+    with pytest.raises(ConfigError, match="is the input file"):
+        run(validator, notes, notes, overwrite=True)
+
+
+def test_cli_output_resumes_refuses_and_overwrites(trained_adapter: Path, notes: Path, tmp_path: Path):
+    out = tmp_path / "results.jsonl"
+    cmd = ["alora", "predict", str(trained_adapter), "--file", str(notes), "--batch-size", "2"]
+    first = runner.invoke(app, [*cmd, "--output", str(out), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout == "" and "5 results in" in first.stderr
+    assert [r["line"] for r in rows(out)] == [1, 3, 4, 5, 6]
+    done = out.read_bytes()
+    again = runner.invoke(app, [*cmd, "--output", str(out)])
+    assert again.exit_code == 0 and "5 were already there" in again.stderr
+    other = write_jsonl(tmp_path / "other.jsonl", NOTES[:2])
+    cmd[4] = str(other)
+    refused = runner.invoke(app, [*cmd, "--output", str(out)])
+    assert refused.exit_code == 2 and "--output" in refused.stderr and "different input" in refused.stderr
+    assert out.read_bytes() == done
+    redone = runner.invoke(app, [*cmd, "--output", str(out), "--overwrite"])
+    assert redone.exit_code == 0, redone.output
+    assert [r["item"] for r in rows(out)] == [n["item"] for n in NOTES[:2]]
+    alone = runner.invoke(app, ["alora", "predict", str(trained_adapter), "x", "--output", str(out)])
+    assert alone.exit_code == 2 and "--file" in alone.stderr
+
+
+def test_bad_input_lines_are_named_and_nothing_is_written(validator, tmp_path: Path, trained_adapter: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"item": "fine"}\n\n{"item": "broken"\n{"text": "no item"}\n')
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(DataError) as exc:
+        run(validator, bad, out)
+    assert [p.line for p in exc.value.problems] == [3, 4] and "invalid JSON" in str(exc.value)
+    assert not out.exists() and not meta_path(out).exists()
+    result = runner.invoke(
+        app, ["alora", "predict", str(trained_adapter), "--file", str(bad), "--output", str(out)]
+    )
+    assert result.exit_code == 2 and "bad.jsonl:3: invalid JSON" in result.stderr
