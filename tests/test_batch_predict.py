@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ from validora.batch import meta_path, predict_file
 from validora.cli import app
 from validora.errors import ConfigError, DataError
 
-from .conftest import write_jsonl
+from .conftest import EXAMPLES, ROOT, write_jsonl
 
 runner = CliRunner()
 NOTES = [
@@ -160,6 +165,56 @@ def test_cli_output_resumes_refuses_and_overwrites(trained_adapter: Path, notes:
     assert [r["item"] for r in rows(out)] == [n["item"] for n in NOTES[:2]]
     alone = runner.invoke(app, ["alora", "predict", str(trained_adapter), "x", "--output", str(out)])
     assert alone.exit_code == 2 and "--file" in alone.stderr
+    stray = runner.invoke(app, ["alora", "predict", str(trained_adapter), "x", "--overwrite"])
+    assert stray.exit_code == 2 and "--overwrite goes with --output" in stray.stderr
+
+
+def test_cli_output_reads_stdin_and_resumes_it(trained_adapter: Path, tmp_path: Path):
+    out, text = tmp_path / "results.jsonl", "blue smoke\n\nrod knock\nidle surges\n"
+    cmd = ["alora", "predict", str(trained_adapter), "--file", "-", "--output", str(out), "--batch-size", "2"]
+    assert runner.invoke(app, cmd, input=text).exit_code == 0
+    assert [(r["line"], r["item"]) for r in rows(out)] == [
+        (1, "blue smoke"),
+        (3, "rod knock"),
+        (4, "idle surges"),
+    ]
+    assert "3 were already there" in runner.invoke(app, cmd, input=text).stderr
+    changed = runner.invoke(app, cmd, input=text + "valve tick\n")
+    assert changed.exit_code == 2 and "different input" in changed.stderr and len(rows(out)) == 3
+
+
+def test_sigterm_leaves_whole_lines_and_the_rerun_finishes(trained_adapter: Path, tmp_path: Path):
+    big = EXAMPLES / "engine_failures_test.jsonl"
+    total = len(big.read_text().splitlines())
+    out = tmp_path / "results.jsonl"
+    cmd = ["alora", "predict", str(trained_adapter), "--file", str(big), "--output", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "validora.cli", *cmd, "--batch-size", "1", "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted." in err and "run the same command again to resume" in err
+    kept = out.read_bytes()
+    assert kept.endswith(b"\n") and 2 <= len(rows(out)) < total
+    resumed = runner.invoke(app, [*cmd, "--batch-size", "8"])  # the batch size may change on resume
+    assert resumed.exit_code == 0, resumed.output
+    assert (
+        f"{total} results in" in resumed.stderr
+        and f"({len(kept.splitlines())} were already" in resumed.stderr
+    )
+    assert out.read_bytes().startswith(kept) and [r["line"] for r in rows(out)] == list(range(1, total + 1))
 
 
 def test_bad_input_lines_are_named_and_nothing_is_written(validator, tmp_path: Path, trained_adapter: Path):

@@ -192,8 +192,8 @@ def _predict_to_file(
     except KeyboardInterrupt:
         bar.stop()
         console.print(
-            f"[yellow]Interrupted.[/] {state['done']} of {state['total']} results are in {escape(str(output))}; "
-            "run the same command again to resume.",
+            f"[yellow]Interrupted.[/] {state['done']} of {state['total'] or '?'} results are in "
+            f"{escape(str(output))}; run the same command again to resume.",
             highlight=False,
             soft_wrap=True,
         )
