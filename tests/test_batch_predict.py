@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora.batch import meta_path, predict_file
+from validora.batch import meta_path, plan_batch, predict_file
 from validora.cli import app
 from validora.errors import ConfigError, DataError
 
@@ -68,8 +68,10 @@ def rows(path: Path) -> list[dict]:
 
 def test_results_are_in_input_order_and_equal_in_memory_predict(validator, notes: Path, tmp_path: Path):
     out = tmp_path / "results.jsonl"
-    seen = []
-    result, score = run(validator, notes, out, progress=lambda d, t: seen.append((d, t)))
+    job = plan_batch(notes, out, adapter=validator.path, batch_size=2)
+    assert not out.exists() and not meta_path(out).exists()  # checked, nothing written before the run
+    seen, score = [], Counting(validator)
+    result = job.run(score, progress=lambda d, t: seen.append((d, t)))
     assert (result.total, result.skipped, result.scored) == (5, 0, 5)
     assert [len(c) for c in score.calls] == [2, 2, 1] and seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
     expected = validator.predict(
@@ -155,6 +157,8 @@ def test_cli_output_resumes_refuses_and_overwrites(trained_adapter: Path, notes:
     done = out.read_bytes()
     again = runner.invoke(app, [*cmd, "--output", str(out)])
     assert again.exit_code == 0 and "5 were already there" in again.stderr
+    model = runner.invoke(app, [*cmd, "--output", str(out), "--basemodel", "no/such-model"])
+    assert model.exit_code == 2 and "other settings" in model.stderr  # refused before loading any model
     other = write_jsonl(tmp_path / "other.jsonl", NOTES[:2])
     cmd[4] = str(other)
     refused = runner.invoke(app, [*cmd, "--output", str(out)])

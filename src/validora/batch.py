@@ -184,6 +184,8 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
             )
         elif key == "adapter_sha256":
             what = f"a different adapter ({old.get('adapter')}; this run uses {new['adapter']})"
+        elif key == "settings":
+            what = f"other settings ({old.get(key)}; this run has {new[key]})"
         else:
             what = f"a different {key} ({old.get(key)!r}; this run has {new[key]!r})"
         return f"{output} holds results for {what}."
@@ -232,8 +234,50 @@ def _batches(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
         yield batch
 
 
-def predict_file(
-    score: Scorer,
+@dataclass
+class BatchJob:
+    """A checked plan: what `output` already holds, and the input texts still to score (not yet read)."""
+
+    output: Path
+    meta: dict[str, Any]
+    total: int
+    skipped: int
+    keep: int | None  # resume: bytes of `output` to keep (a partial last line is cut); None: start afresh
+    partial: bool
+    requirement: str | None
+    batch_size: int
+    remaining: Iterator[Example]
+
+    def run(self, score: Scorer, progress: Callable[[int, int], None] | None = None) -> BatchRun:
+        """Score the remaining texts, `batch_size` per call of `score(texts, requirements)`; each batch is
+        written and flushed to disk before the next, so an interruption leaves whole lines (at worst one
+        partial last line, which the next run cuts). `progress(done, total)`: before scoring, after each batch.
+        """
+        if self.keep is None:
+            _write_meta(meta_path(self.output), self.meta)
+            self.output.write_bytes(b"")  # a new file, or the old one emptied because overwrite asked for it
+        elif self.partial:
+            os.truncate(self.output, self.keep)
+        if progress:
+            progress(self.skipped, self.total)
+        done = self.skipped
+        with self.output.open("ab") as f:
+            for batch in _batches(self.remaining, self.batch_size):
+                reqs = [e.requirement if e.requirement is not None else self.requirement for e in batch]
+                results = score([e.item for e in batch], reqs)
+                if len(results) != len(batch):
+                    raise ConfigError(f"the scorer returned {len(results)} results for {len(batch)} texts.")
+                rows = "".join(result_row(e, r) for e, r in zip(batch, results, strict=True))
+                f.write(rows.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+                done += len(batch)
+                if progress:
+                    progress(done, self.total)
+        return BatchRun(self.output, self.total, self.skipped, done - self.skipped, self.partial)
+
+
+def plan_batch(
     source: str | Path,
     output: str | Path,
     *,
@@ -244,17 +288,14 @@ def predict_file(
     batch_size: int = 8,
     overwrite: bool = False,
     stdin: bytes | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> BatchRun:
-    """Score every text of `source` into `output` (JSONL, input order), resuming an interrupted run.
+) -> BatchJob:
+    """Check the input (every bad line reported) and what `output` holds, before any model is loaded.
 
-    `score(texts, requirements)` returns one LabelScores per text; it is called once per `batch_size`
-    texts and each batch is flushed to disk before the next, so an interruption leaves complete lines
-    (and at worst one partial last line, dropped on resume). `adapter` (its directory) and `settings`
-    (anything else that changes scores, e.g. a base-model override) are fingerprinted with the input;
-    a rerun whose fingerprint differs is refused without touching the output, unless `overwrite`.
-    `stdin` holds the bytes when `source` is "-". `progress(done, total)` is called before scoring and
-    after each batch.
+    `adapter` (its directory) and `settings` (anything else that changes scores, e.g. a base-model
+    override) are fingerprinted with the input's bytes; when `output` exists, its sidecar must match and
+    its lines must be the results of the input's first texts, in order, or this raises without touching
+    anything. `overwrite` starts afresh instead. `stdin` holds the bytes when `source` is "-".
+    Nothing is written until `BatchJob.run`.
     """
     check_batch_size(batch_size)
     is_stdin = str(source) == "-"
@@ -286,46 +327,42 @@ def predict_file(
         "settings": dict(settings or {}),
     }
     examples = _examples(data, name, jsonl)
-    skipped, partial = 0, False
+    job = BatchJob(output, meta, total, 0, None, False, requirement, batch_size, examples)
+    if overwrite:
+        return job
     old = _read_meta(meta_file) if meta_file.exists() else None
-    if meta_file.exists() and old is None and not overwrite:
+    if meta_file.exists() and old is None:
         raise ConfigError(
             f"output {output}: its sidecar {meta_file.name} exists and was not written by validora; "
             "move it, or pass --overwrite.",
             option="output",
         )
-    if output.exists() and not overwrite:
-        if old is None:
-            raise ConfigError(
-                f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
-                "resumed; choose another --output, or pass --overwrite to replace it.",
-                option="output",
-            )
-        why = _mismatch(output, old, meta)
-        if why:
-            raise ConfigError(
-                f"output {why} Nothing was changed; choose another --output, or pass --overwrite to start over.",
-                option="output",
-            )
-        skipped, keep, partial = _done_prefix(output, examples)
-        if partial:
-            os.truncate(output, keep)
-    else:
-        _write_meta(meta_file, meta)
-        output.write_bytes(b"")  # a new file, or the old one emptied because --overwrite asked for it
-    if progress:
-        progress(skipped, total)
-    done = skipped
-    with output.open("ab") as f:
-        for batch in _batches(examples, batch_size):
-            reqs = [e.requirement if e.requirement is not None else requirement for e in batch]
-            results = score([e.item for e in batch], reqs)
-            if len(results) != len(batch):
-                raise ConfigError(f"the scorer returned {len(results)} results for {len(batch)} texts.")
-            f.write("".join(result_row(e, r) for e, r in zip(batch, results, strict=True)).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-            done += len(batch)
-            if progress:
-                progress(done, total)
-    return BatchRun(output, total, skipped, done - skipped, partial)
+    if not output.exists():
+        return job
+    if old is None:
+        raise ConfigError(
+            f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
+            "resumed; choose another --output, or pass --overwrite to replace it.",
+            option="output",
+        )
+    why = _mismatch(output, old, meta)
+    if why:
+        raise ConfigError(
+            f"output {why} Nothing was changed; choose another --output, or pass --overwrite to start over.",
+            option="output",
+        )
+    job.skipped, job.keep, job.partial = _done_prefix(output, examples)
+    return job
+
+
+def predict_file(
+    score: Scorer,
+    source: str | Path,
+    output: str | Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> BatchRun:
+    """Score every text of `source` into `output` (JSONL, input order), resuming an interrupted run:
+    `plan_batch(source, output, **options).run(score, progress)`."""
+    return plan_batch(source, output, **options).run(score, progress)

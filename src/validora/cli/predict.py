@@ -140,7 +140,8 @@ def _predict_to_file(
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from validora.batch import predict_file
+    from validora.adapters import resolve_adapter_dir
+    from validora.batch import plan_batch
     from validora.validator import load_validator
 
     if output is None:
@@ -153,6 +154,17 @@ def _predict_to_file(
     if str(file) == "-":
         buffer = getattr(sys.stdin, "buffer", None)
         stdin = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
+    job = plan_batch(  # bad input and a mismatched --output are refused before the model loads
+        file,
+        output,
+        adapter=resolve_adapter_dir(adapter, revision=revision)[0],
+        settings={"basemodel": basemodel} if basemodel else None,
+        requirement=requirement,
+        fmt=text_format,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        stdin=stdin,
+    )
     sigterm_as_interrupt()  # `kill` leaves complete lines, like Ctrl-C
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
     bar = Progress(
@@ -176,19 +188,7 @@ def _predict_to_file(
         return validator.predict(items, requirements=reqs, batch_size=batch_size)
 
     try:
-        run = predict_file(
-            score,
-            file,
-            output,
-            adapter=validator.path,
-            settings={"basemodel": basemodel} if basemodel else None,
-            requirement=requirement,
-            fmt=text_format,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            stdin=stdin,
-            progress=progress,
-        )
+        run = job.run(score, progress)
     except KeyboardInterrupt:
         bar.stop()
         console.print(
