@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, _check_line
+from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem
 from validora.scoring import LabelScores
 from validora.validator import check_batch_size
@@ -80,7 +80,7 @@ def _parse(number: int, raw: bytes, jsonl: bool) -> tuple[Example | None, str | 
         return None, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8", set()
     if not jsonl:
         return Example(text, "", None, number), None, set()
-    example, problem, extra = _check_line(text, labeled=False)
+    example, problem, extra = check_line(text, labeled=False)
     if example is None:
         return None, problem, extra
     return Example(example.item, "", example.requirement, number), None, extra

@@ -26,7 +26,7 @@ class Example:
     line: int = 0
 
 
-def _check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | None, set[str]]:
+def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | None, set[str]]:
     """Parse one line; return (example, problem, unknown keys)."""
     try:
         obj = json.loads(raw)
@@ -102,7 +102,7 @@ def parse_jsonl(
     examples: list[Example] = []
     unknown: Counter[str] = Counter()
     for number, text in _decode_lines(raw, source, problems):
-        example, problem, extra = _check_line(text, labeled)
+        example, problem, extra = check_line(text, labeled)
         if problem:
             problems.append(LineProblem(Path(source), number, problem))
         elif example is not None:
