@@ -7,7 +7,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "validora"
 LAYER = {
     "cli": 4,
     "session": 3, "context": 3, "requirements": 3, "sampling": 3,
-    "backends": 2, "training": 2, "publish": 2, "batch": 2,
+    "backends": 2, "training": 2, "publish": 2, "batch": 2, "serve": 2,
     "adapters": 1, "ioyaml": 1, "scoring": 1, "checks": 1, "validator": 1, "reports": 1, "prefix_store": 1, "recipe": 1,
     "export": 1, "llamacpp": 1,
     "metrics": 0, "calibration": 0,

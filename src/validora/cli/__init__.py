@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, export, hub, predict, train
+from validora.cli import evaluate, export, hub, predict, serve, train
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -21,6 +21,7 @@ alora.command("upload")(hub.upload)
 alora.command("io-yaml")(hub.io_yaml)
 alora.command("download")(hub.download)
 alora.command("export")(export.export)
+alora.command("serve")(serve.serve)
 
 
 def _quiet_libraries() -> None:

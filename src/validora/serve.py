@@ -1,0 +1,212 @@
+"""Serve validators on llama.cpp's llama-server: export the adapters, start the server on their base GGUF
+with every adapter at scale 0, and check that it lists them as exported.
+
+Each request chooses its adapter with an explicit `"lora": [{"id": N, "scale": 1}]` list (adapters it
+leaves out run at scale 0; two aLoRAs in one request are an HTTP 400). A request without "lora", or with
+an empty list, runs at the server's default scales: `--lora-init-without-apply` leaves them at 1 (every
+adapter at once), so `serve` sets them to 0 through POST /lora-adapters, and such a request runs the base
+model alone (until a client posts other defaults: send the explicit list). The exports carry the invocation
+shifted by one token (`export_gguf(shift_invocation=True)`), so the server starts an aLoRA where
+training did; they live in a private temporary directory, removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from validora.adapters import AdapterInfo, resolve_adapter_dir
+from validora.errors import ConfigError, ModelError
+from validora.export import conversion_hint, export_gguf
+from validora.llamacpp import LlamaCppError, Server, ensure_server, start_server
+from validora.models import BaseModelSpec, resolve_base_model
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """One adapter as the server knows it: request it with `{"id": id, "scale": 1}`."""
+
+    id: int
+    name: str
+    directory: Path
+    labels: list[str]
+    invocation_tokens: list[int] | None  # as served: the trained invocation without its first token
+    gguf: Path
+
+
+@dataclass
+class Serving:
+    """A running llama-server with its adapters; `stop()` ends it and removes the exports."""
+
+    server: Server
+    adapters: list[ServedAdapter]
+    base: BaseModelSpec
+    host: str
+    port: int
+    workdir: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request_example(self, adapter: ServedAdapter) -> dict:
+        """A /completion body that runs `adapter` alone (adapters a "lora" list leaves out run at scale 0)."""
+        return {
+            "prompt": "<output, then the invocation>",
+            "n_predict": 1,
+            "lora": [{"id": adapter.id, "scale": 1}],
+        }
+
+    def wait(self, poll: float = 0.5) -> None:
+        """Block while the server runs; its exit on its own (a crash, a kill) is an error with its log."""
+        while self.server.process.poll() is None:
+            time.sleep(poll)
+        if not self._stopped:
+            tail = self.server.log.read_text(errors="replace").splitlines()[-30:]
+            raise LlamaCppError(
+                f"llama-server exited ({self.server.process.returncode}):\n" + "\n".join(tail)
+            )
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.server.stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Serving:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `serve` will do, decided before anything is written or started."""
+
+    directories: list[Path]
+    infos: list[AdapterInfo]
+    base: BaseModelSpec
+
+
+def plan(adapters: list[str | Path], *, basemodel: str | None = None) -> Plan:
+    """Read every adapter and refuse what one server cannot serve: no adapter, adapters of different
+    base models, a base model that is not a GGUF file (with the command that makes one)."""
+    if not adapters:
+        raise ConfigError("Name at least one adapter to serve.")
+    directories = [resolve_adapter_dir(a)[0] for a in adapters]
+    infos = [AdapterInfo.read(d) for d in directories]
+    specs = [resolve_base_model(basemodel or info.base_model) for info in infos]
+    if len({s.location for s in specs}) > 1:
+        listing = "\n".join(f"  {d}: {s.name}" for d, s in zip(directories, specs, strict=True))
+        raise ConfigError(
+            "One llama-server runs one base model, and these adapters were trained on different ones:\n"
+            f"{listing}\nServe each base model's adapters with their own `m alora serve` (another --port)."
+        )
+    base = specs[0]
+    if hint := conversion_hint(base):
+        raise ModelError(
+            f"The base model {base.name} is not a GGUF file, which llama-server needs; make one with "
+            f"llama.cpp first:\n  {hint}\nthen pass it: --basemodel base.gguf"
+        )
+    return Plan(directories, infos, base)
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before exporting or starting anything."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as llama-server: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use; choose another with --port.", option="port"
+                ) from None
+            raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.", option="port") from None
+
+
+def serve(
+    adapters: list[str | Path],
+    *,
+    basemodel: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    parallel: int = 1,
+    ctx_size: int = 4096,
+    threads: int | None = None,
+    jobs: int = 1,
+    say: Callable[[str], None] | None = None,
+) -> Serving:
+    """Export `adapters`, find or build llama-server, start it on their base GGUF with every adapter at
+    scale 0 and wait until it answers; `ctx_size` is per parallel slot. Stop it with `Serving.stop()`."""
+    if parallel < 1:
+        raise ConfigError(f"parallel must be at least 1, not {parallel}.", option="parallel")
+    chosen = plan(adapters, basemodel=basemodel)
+    if port is not None:
+        check_port(host, port)
+    binary = ensure_server(jobs=jobs, **({"say": say} if say else {}))
+    workdir = Path(tempfile.mkdtemp(prefix="validora-serve-"))
+    try:
+        served = _export_all(chosen, workdir, basemodel)
+        server = start_server(
+            binary, chosen.base.location, [a.gguf for a in served], port=port, parallel=parallel,
+            ctx_size=ctx_size * parallel, threads=threads, extra=["--host", host],
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    serving = Serving(server, served, chosen.base, host, int(server.url.rsplit(":", 1)[1]), workdir)
+    try:
+        _all_at_scale_zero(serving)
+        _check_listing(serving)
+    except BaseException:
+        serving.stop()
+        raise
+    return serving
+
+
+def _export_all(chosen: Plan, workdir: Path, basemodel: str | None) -> list[ServedAdapter]:
+    served = []
+    for i, (directory, info) in enumerate(zip(chosen.directories, chosen.infos, strict=True)):
+        gguf = export_gguf(directory, workdir / f"{i}-{directory.name}.gguf", basemodel=basemodel,
+                           shift_invocation=True)  # fmt: skip
+        tokens = list(info.prompt["invocation_ids"])[1:] if info.is_alora else None
+        served.append(ServedAdapter(i, directory.name, directory, list(info.labels), tokens, gguf))
+    return served
+
+
+def _all_at_scale_zero(serving: Serving) -> None:
+    """`--lora-init-without-apply` leaves the server's default scale at 1: a request without "lora" (or
+    with an empty list) would run every adapter. Set the default to 0, so that such a request runs the
+    base model alone; a request names its adapter as `"lora": [{"id": N, "scale": 1}]`."""
+    body = [{"id": a.id, "scale": 0.0} for a in serving.adapters]
+    try:
+        serving.server.post("/lora-adapters", body, timeout=30.0)  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        raise LlamaCppError(f"llama-server at {serving.url} refused the adapters' scales: {exc}") from None
+
+
+def _check_listing(serving: Serving) -> None:
+    """The server's /lora-adapters must list each export under its id, at scale 0, with its invocation."""
+    try:
+        listed = serving.server.get("/lora-adapters")
+    except (OSError, ValueError) as exc:
+        raise LlamaCppError(f"llama-server at {serving.url} did not list its adapters: {exc}") from None
+    by_id = {e.get("id"): e for e in listed if isinstance(e, dict)} if isinstance(listed, list) else {}
+    for a in serving.adapters:
+        entry = by_id.get(a.id) or {}
+        same_file = Path(str(entry.get("path", ""))).name == a.gguf.name
+        tokens = entry.get("alora_invocation_tokens") or None
+        if not same_file or tokens != a.invocation_tokens or entry.get("scale") != 0:
+            raise LlamaCppError(
+                f"llama-server lists adapter {a.id} as {entry or 'missing'}; expected {a.gguf.name} at "
+                f"scale 0 with invocation tokens {a.invocation_tokens}."
+            )

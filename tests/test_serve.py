@@ -1,0 +1,141 @@
+"""`m alora serve`: the adapters on a real llama-server (built from the official sources by `make test`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from validora import llamacpp, serve
+from validora.adapters import AdapterInfo
+from validora.cli import app
+from validora.errors import ConfigError, ModelError
+
+QUICK = ["--threads", "1", "--ctx-size", "512"]
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The real llama-server: found, or built once (`make test` builds it first, so this is quick)."""
+    return llamacpp.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))
+
+
+@pytest.fixture
+def keep_sigterm():
+    """`m alora serve` run in-process turns SIGTERM into KeyboardInterrupt; give pytest its own back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def on_base(adapter: Path, dst: Path, base_model: str) -> Path:
+    """A copy of `adapter` that says it was trained on `base_model`."""
+    shutil.copytree(adapter, dst)
+    info = json.loads((dst / "validora.json").read_text())
+    (dst / "validora.json").write_text(json.dumps({**info, "base_model": base_model}))
+    return dst
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_serves_the_adapter_at_scale_zero_and_a_request_runs_it(trained_adapter, llama_server):
+    ids = AdapterInfo.read(trained_adapter).prompt["invocation_ids"]
+    with serve.serve([trained_adapter], threads=1, ctx_size=512) as serving:
+        [listed] = serving.server.get("/lora-adapters")
+        assert listed["id"] == 0 and listed["scale"] == 0
+        assert listed["alora_invocation_tokens"] == ids[1:] == serving.adapters[0].invocation_tokens
+        assert serving.workdir in Path(listed["path"]).parents  # exported privately, not beside the adapter
+        text = serving.server.post("/tokenize", {"content": "Heavy knocking under load, metal in the oil."})
+        prompt = text["tokens"] + ids
+
+        def top(lora: list[dict] | None) -> list:
+            body = {"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0, "cache_prompt": False}
+            answer = serving.server.post("/completion", body | ({"lora": lora} if lora is not None else {}))
+            return [
+                (p["id"], round(p["logprob"], 3))
+                for p in answer["completion_probabilities"][0]["top_logprobs"]
+            ]
+
+        with_adapter = top(serving.request_example(serving.adapters[0])["lora"])
+        base = top([{"id": 0, "scale": 0}])
+        assert top(None) == base  # no "lora" field: the base model alone, not every adapter at scale 1
+        assert with_adapter != base
+    assert serving.server.process.poll() is not None and not serving.workdir.exists()
+
+
+def test_adapters_of_different_base_models_are_refused_before_anything_starts(
+    trained_adapter, tmp_path, monkeypatch, keep_sigterm
+):
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be built, exported or started")
+
+    for name in ("ensure_server", "export_gguf", "start_server"):
+        monkeypatch.setattr(serve, name, never)
+    other = on_base(trained_adapter, tmp_path / "other", "HuggingFaceTB/SmolLM2-360M-Instruct")
+    result = CliRunner().invoke(app, ["alora", "serve", str(trained_adapter), str(other), *QUICK])
+    assert result.exit_code == 2, result.output
+    assert "different" in result.output and "SmolLM2-360M-Instruct" in result.output
+
+    model_dir = tmp_path / "hf-model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    not_gguf = on_base(trained_adapter, tmp_path / "not-gguf", str(model_dir))
+    with pytest.raises(ModelError, match=r"convert_hf_to_gguf\.py"):
+        serve.serve([not_gguf])
+    with pytest.raises(ConfigError, match="at least one"):
+        serve.serve([])
+
+
+def test_a_port_in_use_is_refused_with_its_number(trained_adapter, monkeypatch, keep_sigterm):
+    monkeypatch.setattr(serve, "start_server", lambda *a, **k: pytest.fail("started on a busy port"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["alora", "serve", str(trained_adapter), "--port", str(port), *QUICK]
+        )
+    assert result.exit_code == 2, result.output
+    assert f"--port {port}" in result.output and "in use" in result.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_llama_server_and_exits_130(trained_adapter, llama_server, sig):
+    cmd = [sys.executable, "-m", "validora.cli", "alora", "serve", str(trained_adapter), *QUICK]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        ready = proc.stdout.readline()
+        assert ready.startswith("Serving at http://127.0.0.1:"), "".join(errors)
+        pid = int(next(line for line in errors if "(pid " in line).split("(pid ")[1].split(")")[0])
+        assert alive(pid)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), f"llama-server {pid} outlived `m alora serve`"
+    assert "llama-server stopped" in "".join(errors)
