@@ -113,6 +113,9 @@ def test_a_port_in_use_is_refused_with_its_number(trained_adapter, monkeypatch, 
         )
     assert result.exit_code == 2, result.output
     assert f"--port {port}" in result.output and "in use" in result.output
+    for flag, value in (("--port", "70000"), ("--parallel", "0")):
+        result = CliRunner().invoke(app, ["alora", "serve", str(trained_adapter), flag, value, *QUICK])
+        assert result.exit_code == 2 and flag in result.output and value in result.output, result.output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

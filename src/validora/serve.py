@@ -13,6 +13,7 @@ training did; they live in a private temporary directory, removed when the serve
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import socket
 import tempfile
@@ -133,6 +134,14 @@ def check_port(host: str, port: int) -> None:
             raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.", option="port") from None
 
 
+def build_jobs() -> int:
+    """Cores for a first build of llama-server: $VALIDORA_BUILD_JOBS (as `make llama-server`), else 1."""
+    text = os.environ.get("VALIDORA_BUILD_JOBS", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"VALIDORA_BUILD_JOBS={text} is not a positive number of build jobs.")
+    return int(text)
+
+
 def serve(
     adapters: list[str | Path],
     *,
@@ -142,17 +151,20 @@ def serve(
     parallel: int = 1,
     ctx_size: int = 4096,
     threads: int | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Serving:
     """Export `adapters`, find or build llama-server, start it on their base GGUF with every adapter at
-    scale 0 and wait until it answers; `ctx_size` is per parallel slot. Stop it with `Serving.stop()`."""
+    scale 0 and wait until it answers; `ctx_size` is per parallel slot, `jobs` the cores of a first
+    build (default: build_jobs()). Stop it with `Serving.stop()`."""
     if parallel < 1:
         raise ConfigError(f"parallel must be at least 1, not {parallel}.", option="parallel")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, not {port}.", option="port")
     chosen = plan(adapters, basemodel=basemodel)
     if port is not None:
         check_port(host, port)
-    binary = ensure_server(jobs=jobs, **({"say": say} if say else {}))
+    binary = ensure_server(jobs=jobs or build_jobs(), **({"say": say} if say else {}))
     workdir = Path(tempfile.mkdtemp(prefix="validora-serve-"))
     try:
         served = _export_all(chosen, workdir, basemodel)

@@ -20,7 +20,7 @@ def serve(
     adapters: Annotated[
         list[str], typer.Argument(help="Adapter directories written by `m alora train`, or hub ids.")
     ],
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: a free one].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: a free one).")] = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
@@ -29,7 +29,7 @@ def serve(
     ] = 1,
     ctx_size: Annotated[int, typer.Option(help="Context length of each slot, in tokens.")] = 4096,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads for llama-server [default: its own choice].")
+        int | None, typer.Option(help="CPU threads for llama-server (default: its own choice).")
     ] = None,
     basemodel: Annotated[
         str | None,
