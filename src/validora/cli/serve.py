@@ -54,7 +54,7 @@ def serve(
             serving.stop()
             console.print("[yellow]Interrupted.[/] llama-server stopped.")
         else:
-            console.print("[yellow]Interrupted.[/] Nothing was started.")
+            console.print("[yellow]Interrupted[/] before llama-server was ready.")
         raise typer.Exit(130) from None
     finally:
         if serving is not None:
