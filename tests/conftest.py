@@ -88,3 +88,11 @@ def hub(monkeypatch, tmp_path):
 
     with fake_hub_env(monkeypatch, tmp_path / "hf_home") as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """The real llama-server: found, or built once (`make test` builds it first, so this is quick)."""
+    from validora import llamacpp
+
+    return llamacpp.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))

@@ -257,12 +257,6 @@ def test_a_finished_build_is_reused_and_a_wrong_sdist_refused(tmp_path, monkeypa
     assert llamacpp.build(say=lambda line: None) == binary  # nothing downloaded or compiled
 
 
-@pytest.fixture(scope="session")
-def llama_server() -> Path:
-    """The real llama-server: found, or built once (`make test` builds it first, so this is quick)."""
-    return llamacpp.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))
-
-
 def test_built_server_serves_alora_adapters(llama_server):
     assert llamacpp.supports_alora(llama_server)
     assert "-DGGML_AMX_INT8=ON" not in llamacpp.cmake_flags()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -16,18 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora import llamacpp, serve
+from validora import serve
 from validora.adapters import AdapterInfo
 from validora.cli import app
 from validora.errors import ConfigError, ModelError
 
 QUICK = ["--threads", "1", "--ctx-size", "512"]
-
-
-@pytest.fixture(scope="session")
-def llama_server() -> Path:
-    """The real llama-server: found, or built once (`make test` builds it first, so this is quick)."""
-    return llamacpp.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))
 
 
 @pytest.fixture

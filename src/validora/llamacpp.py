@@ -274,6 +274,7 @@ def start_server(
     loras: list[str | Path] | tuple[()] = (),
     *,
     port: int | None = None,
+    host: str = "127.0.0.1",
     parallel: int = 1,
     ctx_size: int = 4096,
     threads: int | None = None,
@@ -284,7 +285,7 @@ def start_server(
     wait until it answers /health. Its output goes to a log file, shown in the error if it dies."""
     port = port or free_port()
     log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-    args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+    args = [str(binary), "-m", str(model), "--host", host, "--port", str(port),
             "-np", str(parallel), "-c", str(ctx_size), "--no-webui"]  # fmt: skip
     for lora in loras:
         args += ["--lora", str(lora)]
@@ -295,17 +296,21 @@ def start_server(
     args += list(extra)
     with log.open("wb") as sink:
         process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = Server(process, f"http://127.0.0.1:{port}", log, args)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LlamaCppError(f"llama-server exited ({process.returncode}):\n{_tail(log)}")
-        with contextlib.suppress(OSError, ValueError):
-            if server.get("/health", timeout=2.0):
-                return server
-        time.sleep(0.25)
-    server.stop()
-    raise LlamaCppError(f"llama-server did not answer within {wait:.0f} s:\n{_tail(log)}")
+    reach = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    server = Server(process, f"http://{reach}:{port}", log, args)
+    try:  # an interruption while waiting (Ctrl-C, SIGTERM as KeyboardInterrupt) must not orphan it
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LlamaCppError(f"llama-server exited ({process.returncode}):\n{_tail(log)}")
+            with contextlib.suppress(OSError, ValueError):
+                if server.get("/health", timeout=2.0):
+                    return server
+            time.sleep(0.25)
+        raise LlamaCppError(f"llama-server did not answer within {wait:.0f} s:\n{_tail(log)}")
+    except BaseException:
+        server.stop()
+        raise
 
 
 def _tail(log: Path, lines: int = 30) -> str:

@@ -170,7 +170,7 @@ def serve(
         served = _export_all(chosen, workdir, basemodel)
         server = start_server(
             binary, chosen.base.location, [a.gguf for a in served], port=port, parallel=parallel,
-            ctx_size=ctx_size * parallel, threads=threads, extra=["--host", host],
+            ctx_size=ctx_size * parallel, threads=threads, host=host,
         )  # fmt: skip
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
