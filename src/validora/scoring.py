@@ -249,6 +249,22 @@ def branch_logprobs(logits: torch.Tensor, packed: Packed) -> list[list[torch.Ten
     return result
 
 
+def target_losses(logits: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target token of every branch, in `branch_logprobs` order: -log p(target), and the mean of
+    -log p over the vocabulary (label smoothing's uniform term). Differentiable; for training."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    column = {p: i for i, p in enumerate(packed.kept)}
+    rows, cols, tokens = [], [], []
+    for r, row in enumerate(packed.targets):
+        for pos, tok in row:
+            rows += [r] * len(pos)
+            cols += [column[p] for p in pos]
+            tokens += tok
+    picked = logp[torch.tensor(rows, device=logp.device), torch.tensor(cols, device=logp.device)]  # [T, V]
+    nll = -picked.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).squeeze(1)
+    return nll, -picked.mean(dim=-1)
+
+
 def _sums(logits: torch.Tensor, packed: Packed) -> torch.Tensor:
     return torch.stack([torch.stack([lp.sum() for lp in row]) for row in branch_logprobs(logits, packed)])
 

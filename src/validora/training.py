@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -31,6 +31,14 @@ from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
 from validora.recipe import Recipe, TrainConfig, resolve_epochs
+
+
+class StepLoss(NamedTuple):
+    """One batch: what is minimised, the gold tokens' plain NLL (what is reported), their count."""
+
+    objective: torch.Tensor
+    nll: float
+    tokens: int
 
 
 class TrainingDiverged(ValidoraError):
@@ -233,8 +241,8 @@ class Trainer:
         return [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
 
     # ----- the loss ----------------------------------------------------------------------------------
-    def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> tuple[torch.Tensor, int]:
-        """Mean negative log-likelihood of the gold label + end tokens, and their count."""
+    def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> StepLoss:
+        """The objective over the gold label + end tokens (label-smoothed), their plain NLL, their count."""
         rows = [[Segment(self.fmt.invocation_ids, [self.fmt.label_ids[e.label]])] for e in batch]
         if self.uses_cache:
             prefix = self.prefixes.get("train", keys)
@@ -242,9 +250,10 @@ class Trainer:
         else:
             prefix = scoring.empty_prefix(len(batch), self.device)
             packed = pack(rows, self.fmt.pad_id, leads=[e.prefix for e in batch])
-        logits = self._forward(prefix, packed)
-        token_logps = torch.cat([lp for row in scoring.branch_logprobs(logits, packed) for lp in row])
-        return -token_logps.mean(), int(token_logps.numel())
+        nll, spread = scoring.target_losses(self._forward(prefix, packed), packed)
+        eps = self.recipe.label_smoothing
+        objective = nll.mean() if eps == 0 else ((1 - eps) * nll + eps * spread).mean()
+        return StepLoss(objective, float(nll.detach().mean()), int(nll.numel()))
 
     def _forward(self, prefix: scoring.Prefix, packed: Packed) -> torch.Tensor:
         return scoring.suffix_forward(self.model, prefix, packed)
@@ -278,8 +287,7 @@ class Trainer:
                 steps = (i + 1) % r.grad_accum == 0 or i + 1 == len(batches)
                 where = f"epoch {epoch}, batch {i + 1} of {len(batches)}"
                 with contextlib.nullcontext() if steps else acc.no_sync(self.model):
-                    loss, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
-                    value = float(loss.detach())
+                    loss, value, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
                     if not math.isfinite(value):
                         raise self._diverged(f"the training loss is {value} at {where}")
                     acc.backward(loss / group_size)

@@ -102,6 +102,13 @@ def train(
         int | None, typer.Option(help="LoRA alpha (default: equal to --rank).", rich_help_panel=MODEL)
     ] = None,
     dropout: Annotated[float, typer.Option(help="LoRA dropout.", rich_help_panel=MODEL)] = _D["dropout"],
+    label_smoothing: Annotated[
+        float,
+        typer.Option(
+            help="Share of the label loss spread over the whole vocabulary (0: plain likelihood).",
+            rich_help_panel=OPT,
+        ),
+    ] = _D["label_smoothing"],
     early_stop: Annotated[
         int,
         typer.Option(help="Stop after this many epochs without improvement (0: never).", rich_help_panel=OPT),
