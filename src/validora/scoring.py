@@ -230,29 +230,8 @@ def suffix_forward(model: Any, prefix: Prefix, packed: Packed) -> torch.Tensor:
     return out.logits
 
 
-def branch_logprobs(logits: torch.Tensor, packed: Packed) -> list[list[torch.Tensor]]:
-    """Per row, per branch: the log-probability of each branch token (kept differentiable)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    column = {p: i for i, p in enumerate(packed.kept)}
-    result = []
-    for r, row in enumerate(packed.targets):
-        result.append(
-            [
-                logp[
-                    r,
-                    torch.tensor([column[p] for p in pos], device=logp.device),
-                    torch.tensor(tok, device=logp.device),
-                ]
-                for pos, tok in row
-            ]
-        )
-    return result
-
-
-def target_losses(logits: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per target token of every branch, in `branch_logprobs` order: -log p(target), and the mean of
-    -log p over the vocabulary (label smoothing's uniform term). Differentiable; for training."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def _targets(packed: Packed) -> tuple[list[int], list[int], list[int]]:
+    """Every target token of every row and branch, flat and in order: its row, logit column, token id."""
     column = {p: i for i, p in enumerate(packed.kept)}
     rows, cols, tokens = [], [], []
     for r, row in enumerate(packed.targets):
@@ -260,9 +239,31 @@ def target_losses(logits: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, t
             rows += [r] * len(pos)
             cols += [column[p] for p in pos]
             tokens += tok
-    picked = logp[torch.tensor(rows, device=logp.device), torch.tensor(cols, device=logp.device)]  # [T, V]
-    nll = -picked.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).squeeze(1)
-    return nll, -picked.mean(dim=-1)
+    return rows, cols, tokens
+
+
+def _target_logp(logits: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-softmax rows [T, V] at every target token's column, and the target tokens' ids [T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    rows, cols, tokens = _targets(packed)
+    device = logp.device
+    picked = logp[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    return picked, torch.tensor(tokens, device=device)
+
+
+def branch_logprobs(logits: torch.Tensor, packed: Packed) -> list[list[torch.Tensor]]:
+    """Per row, per branch: the log-probability of each branch token (kept differentiable)."""
+    picked, tokens = _target_logp(logits, packed)
+    flat = picked.gather(1, tokens[:, None]).squeeze(1)
+    pieces = iter(flat.split([len(tok) for row in packed.targets for _, tok in row]))
+    return [[next(pieces) for _ in row] for row in packed.targets]
+
+
+def target_losses(logits: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target token of every branch, in `branch_logprobs` order: -log p(target), and the mean of
+    -log p over the vocabulary (label smoothing's uniform term). Differentiable; for training."""
+    picked, tokens = _target_logp(logits, packed)
+    return -picked.gather(1, tokens[:, None]).squeeze(1), -picked.mean(dim=-1)
 
 
 def _sums(logits: torch.Tensor, packed: Packed) -> torch.Tensor:
