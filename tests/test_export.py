@@ -20,10 +20,10 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from validora import llamacpp
-from validora.adapters import AdapterInfo
+from validora.adapters import AdapterInfo, adapter_digest
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
-from validora.export import export_gguf
+from validora.export import export_gguf, served_name
 from validora.models import local_files, resolve_base_model
 
 GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
@@ -55,7 +55,9 @@ def copy_adapter(src: Path, dst: Path, *, config: dict | None = None, info: dict
 
 @pytest.fixture(scope="module")
 def exported(trained_adapter, tmp_path_factory) -> Path:
-    return export_gguf(trained_adapter, tmp_path_factory.mktemp("gguf") / "engine.gguf")
+    return export_gguf(
+        trained_adapter, tmp_path_factory.mktemp("gguf") / "engine.gguf", same_as_converter=True
+    )
 
 
 def test_tensors_are_the_peft_matrices_in_llama_cpp_layout(trained_adapter, exported):
@@ -202,6 +204,14 @@ def test_cli_exports_and_says_how_to_serve(trained_adapter, tmp_path):
     assert result.exit_code == 0, result.output
     assert str(out) in result.stdout and "--lora-init-without-apply" in result.output
     assert GGUFReader(out).fields["general.type"].contents() == "adapter"
+    ids = AdapterInfo.read(trained_adapter).prompt["invocation_ids"]
+    assert fields(out)["adapter.alora.invocation_tokens"][0] == ids[1:]  # for llama-server by default
+    same = tmp_path / "same.gguf"
+    flag = runner.invoke(
+        app, ["alora", "export", str(trained_adapter), "--outfile", str(same), "--same-as-converter"]
+    )
+    assert flag.exit_code == 0, flag.output
+    assert fields(same)["adapter.alora.invocation_tokens"][0] == ids
     again = runner.invoke(app, ["alora", "export", str(trained_adapter), "--outfile", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = runner.invoke(app, ["alora", "export", str(trained_adapter), "--outfile", str(tmp_path / "x.bin")])
@@ -266,8 +276,11 @@ def test_shifted_invocation_drops_only_the_first_token(trained_adapter, exported
     """For llama-server, which switches an aLoRA on one token before its match (measured: the server's
     label probabilities then follow PEFT's with the adapter one token early)."""
     ids = AdapterInfo.read(trained_adapter).prompt["invocation_ids"]
-    shifted = export_gguf(trained_adapter, tmp_path / "shifted.gguf", shift_invocation=True)
+    shifted = export_gguf(trained_adapter, tmp_path / "shifted.gguf")  # the default: for llama-server
     assert fields(shifted)["adapter.alora.invocation_tokens"][0] == ids[1:]
+    assert fields(shifted)["adapter.lora.task_name"][0] == served_name(trained_adapter)
+    assert served_name(trained_adapter) == "validora:" + adapter_digest(trained_adapter)[:16]
+    assert "adapter.lora.task_name" not in fields(exported)  # the converter writes none
     same = {t.name: t.data for t in GGUFReader(exported).tensors}
     assert all(np.array_equal(same[t.name], t.data) for t in GGUFReader(shifted).tensors)
     one = copy_adapter(
@@ -275,4 +288,4 @@ def test_shifted_invocation_drops_only_the_first_token(trained_adapter, exported
         info={"prompt": {**AdapterInfo.read(trained_adapter).prompt, "invocation_ids": ids[:1]}},
     )  # fmt: skip
     with pytest.raises(ConfigError, match="one-token invocation"):
-        export_gguf(one, tmp_path / "one.gguf", shift_invocation=True)
+        export_gguf(one, tmp_path / "one.gguf")

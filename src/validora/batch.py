@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from validora.adapters import adapter_digest
 from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem
 from validora.scoring import LabelScores
 from validora.validator import check_batch_size
 
 META_VERSION = 1
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json")
 # What must be equal for a rerun to append to earlier results (paths may differ: the content decides).
 MATCHED = ("input_sha256", "items", "format", "requirement", "adapter_sha256", "settings")
 
@@ -50,19 +50,6 @@ def result_row(example: Example, scores: LabelScores) -> str:
     """One output line: the input line number, then what `predict --jsonl` prints."""
     row = {"line": example.line, "item": example.item, "label": scores.label, "probs": scores.probs}
     return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def adapter_digest(adapter: str | Path) -> str:
-    """sha256 over the adapter's weights, PEFT config and validora.json (labels, temperature)."""
-    digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        path = Path(adapter) / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0")
-            with path.open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 def _open(source: Path | bytes) -> BinaryIO:

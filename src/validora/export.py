@@ -24,6 +24,7 @@ from validora.adapters import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterInfo,
+    adapter_digest,
     private_tempdir,
     recover,
     resolve_adapter_dir,
@@ -223,16 +224,18 @@ def export_gguf(
     *,
     basemodel: str | None = None,
     overwrite: bool = False,
-    shift_invocation: bool = False,
+    same_as_converter: bool = False,
 ) -> Path:
     """Write the adapter at `adapter_dir` (a directory or hub id) as a llama.cpp LoRA adapter GGUF at
     `outfile`; return its path. The file appears complete or not at all.
 
     `basemodel` overrides the base model recorded in validora.json (its architecture and head counts
-    decide tensor names and the q/k permutation). `shift_invocation` drops the first invocation token:
-    llama-server (at llama.cpp@0c1e57098) turns an aLoRA on one token *before* the tokens it matches,
-    PEFT (training) at the first of them; without the first token the server starts where training did.
-    Off, the file is the one llama.cpp's convert_lora_to_gguf.py writes.
+    decide tensor names and the q/k permutation). By default the file is written for llama-server:
+    the invocation loses its first token, because llama-server (at llama.cpp@0c1e57098) turns an aLoRA
+    on one token *before* the tokens it matches and PEFT (training) at the first of them, so without it
+    the server starts where training did; and `adapter.lora.task_name` carries `served_name(directory)`,
+    by which `LlamaCppBackend` finds the very adapter among those a server lists. `same_as_converter`
+    writes instead the bytes llama.cpp's own convert_lora_to_gguf.py writes (unshifted, no task name).
     """
     import gguf
 
@@ -240,11 +243,12 @@ def export_gguf(
     info = AdapterInfo.read(directory)
     config = _lora_config(directory)
     tokens = _check_expressible(config, info, directory)
-    if shift_invocation and tokens is not None:
+    if not same_as_converter and tokens is not None:
         if len(tokens) < 2:
             raise ConfigError(
-                f"{directory}: a one-token invocation cannot be shifted for llama-server.",
-                option="shift_invocation",
+                f"{directory}: a one-token invocation cannot be shifted for llama-server; export it "
+                "with same_as_converter (the server then starts the adapter one token early).",
+                option="same_as_converter",
             )
         tokens = tokens[1:]
     out = _check_outfile(Path(outfile), overwrite=overwrite)
@@ -262,6 +266,8 @@ def export_gguf(
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     metadata.set_gguf_meta_model(writer)
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    if not same_as_converter:
+        writer.add_string(gguf.Keys.Adapter.LORA_TASK_NAME, served_name(directory))
     if tokens:
         writer.add_key_value(
             gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS,
@@ -272,6 +278,12 @@ def export_gguf(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _write_atomically(writer, out)
     return out
+
+
+def served_name(directory: str | Path) -> str:
+    """What a server export carries as its task name (llama-server lists it): the adapter's content
+    digest, so a client finds the very adapter it holds, whatever the file was called."""
+    return f"validora:{adapter_digest(directory)[:16]}"
 
 
 def _check_outfile(out: Path, *, overwrite: bool) -> Path:

@@ -5,9 +5,10 @@ Each request chooses its adapter with an explicit `"lora": [{"id": N, "scale": 1
 leaves out run at scale 0; two aLoRAs in one request are an HTTP 400). A request without "lora", or with
 an empty list, runs at the server's default scales: `--lora-init-without-apply` leaves them at 1 (every
 adapter at once), so `serve` sets them to 0 through POST /lora-adapters, and such a request runs the base
-model alone (until a client posts other defaults: send the explicit list). The exports carry the invocation
-shifted by one token (`export_gguf(shift_invocation=True)`), so the server starts an aLoRA where
-training did; they live in a private temporary directory, removed when the server stops.
+model alone (until a client posts other defaults: send the explicit list). The exports are written for
+the server (`export_gguf`'s default: the invocation shifted by one token, so the server starts an aLoRA
+where training did, and the adapter's digest as task name, by which `LlamaCppBackend` finds it); they
+live in a private temporary directory, removed when the server stops.
 """
 
 from __future__ import annotations
@@ -188,8 +189,7 @@ def serve(
 def _export_all(chosen: Plan, workdir: Path, basemodel: str | None) -> list[ServedAdapter]:
     served = []
     for i, (directory, info) in enumerate(zip(chosen.directories, chosen.infos, strict=True)):
-        gguf = export_gguf(directory, workdir / f"{i}-{directory.name}.gguf", basemodel=basemodel,
-                           shift_invocation=True)  # fmt: skip
+        gguf = export_gguf(directory, workdir / f"{i}-{directory.name}.gguf", basemodel=basemodel)
         tokens = list(info.prompt["invocation_ids"])[1:] if info.is_alora else None
         served.append(ServedAdapter(i, directory.name, directory, list(info.labels), tokens, gguf))
     return served

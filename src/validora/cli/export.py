@@ -22,11 +22,21 @@ def export(
         typer.Option(help="Override the adapter's base model (its architecture decides the layout)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTFILE.")] = False,
+    same_as_converter: Annotated[
+        bool,
+        typer.Option(
+            "--same-as-converter",
+            help="Write exactly what llama.cpp's convert_lora_to_gguf.py writes: the invocation unshifted "
+            "(llama-server then starts an aLoRA one token before where it was trained) and no task name.",
+        ),
+    ] = False,
 ) -> None:
-    """Export an adapter for llama.cpp's llama-server (an aLoRA keeps its invocation tokens)."""
+    """Export an adapter for llama.cpp's llama-server (an aLoRA keeps its invocation, shifted as the server needs)."""
     from validora.export import export_gguf, serve_hint
 
     with console.status(f"Exporting {escape(adapter)}..."):
-        path = export_gguf(adapter, outfile, basemodel=basemodel, overwrite=overwrite)
+        path = export_gguf(
+            adapter, outfile, basemodel=basemodel, overwrite=overwrite, same_as_converter=same_as_converter
+        )
     console.print(escape(serve_hint(adapter, path, basemodel=basemodel)), highlight=False, soft_wrap=True)
     out.print(str(path), highlight=False, soft_wrap=True)
