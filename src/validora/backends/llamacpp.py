@@ -1,0 +1,327 @@
+"""LlamaCppBackend: a program's generation and checks through llama.cpp's llama-server (`m alora serve`).
+
+llama-server returns no log-probabilities for prompt tokens, only for tokens it generates. So a label's
+probability comes from one /completion per label that *generates* that label: a grammar of token-id
+literals forces its tokens, and `n_probs` with `post_sampling_probs: false` reports each forced token's
+probability under the model's own distribution (the softmax of the raw logits, before the grammar and
+the bias): the same sequence log-likelihood the in-process backend sums. The end-of-turn token that
+closes a label may not appear in a grammar (an end-of-generation token there aborts the server); once
+the grammar is complete only end tokens can follow, and a logit bias makes that one the one generated.
+Every token the server generated is compared with the label's: anything else is an error, never a
+verdict.
+
+The prompt is the very token sequence the in-process backend scores (the adapter's `PromptFormat`), so
+the server's slot cache holds the output's prefix across labels, requirements and adapters (it keeps the
+cache when moving between the base model and aLoRA adapters): after the first label of an output only
+the invocation and the label are computed. The adapters a request leaves out run at scale 0; base-model
+requests (generation, the yes/no judge) name every adapter at scale 0, since an empty list would run
+the server's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from validora.adapters import CustomIntrinsicAdapter, prompt_format
+from validora.backends.base import CheckSpec, Generation
+from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
+from validora.errors import AdapterError
+from validora.export import served_name
+from validora.llamacpp import LlamaCppError
+from validora.models import load_tokenizer, resolve_base_model
+from validora.names import same_base_model
+from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class _Served:
+    """An added adapter as the server lists it."""
+
+    id: int
+    task_name: str
+    fmt: PromptFormat
+    temperature: float
+    requirements: bool  # trained with requirement texts (else its prompt holds the output alone)
+
+
+class LlamaCppBackend:
+    """A running llama-server as a `Backend`: what `LocalHFBackend` does, computed by the server.
+
+    `model_id` names the base model the server runs (default: the embedded one); its tokenizer is loaded
+    here, so that prompts are built by the same code as in training. Safe to use from several threads
+    (each request is its own HTTP call; a server started with `--parallel N` runs N at once).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_id: str | None = None,
+        model_options: dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        trust_remote_code: bool = False,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = float(timeout)
+        spec = resolve_base_model(model_id)
+        self.model_id = spec.name
+        self.model_options = {**DEFAULT_OPTIONS, **check_options(model_options)}
+        self.default_to_constraint_checking_alora = True
+        props = self._request("/props", None)
+        served = Path(str(props.get("model_path", ""))).name if isinstance(props, dict) else ""
+        if spec.location.endswith(".gguf") and served and served != Path(spec.location).name:
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} runs {served}, not this backend's base model "
+                f"{spec.name} ({Path(spec.location).name}); pass model_id= for the model it runs."
+            )
+        self.tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+        slot_ctx = (
+            props.get("default_generation_settings", {}).get("n_ctx") if isinstance(props, dict) else None
+        )
+        self._judge = JudgeFormat(
+            self.tokenizer, max_length=min(JUDGE_MAX_LENGTH, int(slot_ctx or JUDGE_MAX_LENGTH))
+        )
+        self._end_ids = (
+            {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
+        )
+        self._adapters: dict[str, _Served] = {}
+        self._lock = threading.RLock()  # the adapter table and the (not thread-safe) tokenizer
+
+    # ----- HTTP ----------------------------------------------------------------------------------------
+    def _request(self, path: str, body: dict | None) -> Any:
+        """One JSON request; every way it can fail is a LlamaCppError that says which and where."""
+        url = self.base_url + path
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                raw = answer.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                detail = json.loads(detail)["error"]["message"]
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} answered {path} with HTTP {exc.code}: {detail}"
+            ) from None
+        except TimeoutError:
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} did not answer {path} within {self.timeout:g} s "
+                "(pass a larger timeout=, or start it with more --parallel slots)."
+            ) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, TimeoutError):
+                raise LlamaCppError(
+                    f"llama-server at {self.base_url} did not answer {path} within {self.timeout:g} s."
+                ) from None
+            if isinstance(reason, ConnectionRefusedError):
+                raise LlamaCppError(
+                    f"No llama-server answers at {self.base_url} (connection refused); start one with "
+                    "`m alora serve ADAPTER...`."
+                ) from None
+            raise LlamaCppError(f"Cannot reach llama-server at {self.base_url}: {reason}.") from None
+        except (ConnectionError, OSError) as exc:  # reset, closed without an answer (a crashed server)
+            raise LlamaCppError(f"llama-server at {self.base_url} dropped {path}: {exc}.") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} answered {path} with something not JSON."
+            ) from None
+
+    def _listing(self) -> list[dict[str, Any]]:
+        listed = self._request("/lora-adapters", None)
+        if not isinstance(listed, list):
+            raise LlamaCppError(f"llama-server at {self.base_url} answered /lora-adapters with {listed!r}.")
+        return [e for e in listed if isinstance(e, dict)]
+
+    # ----- adapters ------------------------------------------------------------------------------------
+    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
+        """Find `adapter` among those the server serves (by the digest its export carries) and check that
+        the server starts it where training did."""
+        if not same_base_model(adapter.info.base_model, self.model_id):
+            raise AdapterError(
+                f"Adapter {adapter.name!r} was trained on {adapter.info.base_model!r} but this backend runs "
+                f"{self.model_id!r}."
+            )
+        want = served_name(adapter.path)
+        listed = self._listing()
+        entry = next((e for e in listed if e.get("task_name") == want), None)
+        if entry is None:
+            serving = (
+                ", ".join(f"{e.get('id')}: {Path(str(e.get('path', '?'))).name}" for e in listed) or "none"
+            )
+            raise AdapterError(
+                f"llama-server at {self.base_url} does not serve adapter {adapter.name!r} ({want}); it serves "
+                f"{serving}. Serve this adapter with `m alora serve {adapter.path}` (or pass the file "
+                "`m alora export` writes to llama-server with --lora)."
+            )
+        info = adapter.info
+        if info.is_alora:
+            shifted = list(info.prompt["invocation_ids"])[1:]
+            if entry.get("alora_invocation_tokens") != shifted:
+                raise AdapterError(
+                    f"llama-server at {self.base_url} serves {adapter.name!r} with invocation tokens "
+                    f"{entry.get('alora_invocation_tokens')}, not {shifted}: export it with `m alora export` "
+                    "(without --same-as-converter), so that the server starts it where it was trained."
+                )
+        with self._lock:
+            if adapter.name in self._adapters:
+                raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
+            fmt = prompt_format(info, self.tokenizer)
+            self._adapters[adapter.name] = _Served(
+                int(entry["id"]), want, fmt, info.temperature, info.requirements
+            )
+
+    def remove_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise self._missing(name)
+            del self._adapters[name]
+
+    def _missing(self, name: str) -> AdapterError:
+        return AdapterError(
+            f"No adapter named {name!r} (it was removed, or never added); added: {sorted(self._adapters)}."
+        )
+
+    def adapter_labels(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {name: list(a.fmt.labels) for name, a in self._adapters.items()}
+
+    def labels(self, adapter: str) -> list[str]:
+        with self._lock:
+            if adapter not in self._adapters:
+                raise self._missing(adapter)
+            return list(self._adapters[adapter].fmt.labels)
+
+    def _scales(self, listed: list[dict[str, Any]], active: int | None) -> list[dict[str, Any]]:
+        """Every adapter the server has, at scale 0 but `active` (an empty list would mean its defaults)."""
+        return [{"id": int(e["id"]), "scale": 1.0 if e.get("id") == active else 0.0} for e in listed]
+
+    def _verify(self, listed: list[dict[str, Any]], served: Sequence[_Served]) -> None:
+        """The ids still name the adapters they named when added (a restarted server may list others)."""
+        by_id = {e.get("id"): e.get("task_name") for e in listed}
+        for s in served:
+            if by_id.get(s.id) != s.task_name:
+                raise LlamaCppError(
+                    f"llama-server at {self.base_url} no longer serves {s.task_name} as adapter {s.id} "
+                    "(was it restarted with other adapters?); add the adapters to a new backend."
+                )
+
+    # ----- generation ----------------------------------------------------------------------------------
+    def generate(
+        self, messages: Sequence[dict[str, str]], model_options: dict[str, Any] | None = None
+    ) -> Generation:
+        """The base model answers a chat through the server (greedy unless temperature > 0)."""
+        opts = {**self.model_options, **check_options(model_options)}
+        with self._lock:
+            ids = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=True
+            )
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        body: dict[str, Any] = {
+            "prompt": ids,
+            "n_predict": int(opts["max_new_tokens"]),
+            "temperature": float(opts["temperature"] or 0.0),
+            "top_p": float(opts["top_p"]),
+            "seed": -1 if opts["seed"] is None else int(opts["seed"]),
+            "cache_prompt": True,
+            "lora": self._scales(self._listing(), None),
+        }
+        started = time.perf_counter()
+        answer = self._request("/completion", body)
+        seconds = time.perf_counter() - started
+        return Generation(
+            str(answer.get("content", "")).strip(), seconds, int(answer.get("tokens_predicted", 0))
+        )
+
+    # ----- checks --------------------------------------------------------------------------------------
+    def check(self, output: str, checks: Sequence[CheckSpec]) -> list[Any]:
+        """Label probabilities of every check of one output, in order (see the module docstring)."""
+        from validora.checks import CheckResult
+        from validora.scoring import LabelScores
+
+        with self._lock:
+            plans: list[tuple[CheckSpec, Format, _Served | None, list[int], str | None]] = []
+            for adapter, requirement in checks:
+                if adapter is not None and adapter not in self._adapters:
+                    raise self._missing(adapter)
+                served = self._adapters[adapter] if adapter is not None else None
+                if served is not None and not served.requirements:
+                    requirement = None  # a classifier: its prompt holds the output alone, as in training
+                fmt: Format = served.fmt if served is not None else self._judge
+                plans.append(((adapter, requirement), fmt, served, [], requirement))
+            # As in-process: checks of one prompt kind cut a long output at the same place (shared prefix).
+            rooms: dict[type, int] = {}
+            for _, fmt, _, _, requirement in plans:
+                rooms[type(fmt)] = min(rooms.get(type(fmt), fmt.room(requirement)), fmt.room(requirement))
+            for _, fmt, _, prompt, requirement in plans:
+                prompt += [
+                    *fmt.encode(output, requirement, room=rooms[type(fmt)]).prefix,
+                    *fmt.invocation_ids,
+                ]
+        listed = self._listing()
+        self._verify(listed, [p[2] for p in plans if p[2] is not None])
+        done: dict[CheckSpec, Any] = {}
+        results = []
+        for key, fmt, served, prompt, _ in plans:
+            if key not in done:
+                started = time.perf_counter()
+                scales = self._scales(listed, served.id if served is not None else None)
+                loglik = [self._label_loglik(prompt, fmt.label_ids[label], scales) for label in fmt.labels]
+                temperature = served.temperature if served is not None else 1.0
+                scores = LabelScores.from_loglik(fmt.labels, _tensor(loglik), temperature)
+                done[key] = CheckResult(scores, time.perf_counter() - started)
+            results.append(done[key])
+        return results
+
+    def _label_loglik(self, prompt: list[int], label: list[int], scales: list[dict[str, Any]]) -> float:
+        """log p(label tokens | prompt) as the server computes it: the label generated under a grammar."""
+        forced = label[:-1] if label[-1] in self._end_ids else label
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "n_predict": len(label),
+            "n_probs": 1,
+            "post_sampling_probs": False,
+            "temperature": 0.0,
+            "cache_prompt": True,
+            "return_tokens": True,
+            "lora": scales,
+        }
+        if forced:
+            body["grammar"] = "root ::= " + " ".join(f"<[{t}]>" for t in forced)
+        if len(forced) < len(label):
+            body["logit_bias"] = [[label[-1], 100.0]]  # among the end tokens the grammar leaves, this one
+        answer = self._request("/completion", body)
+        probs = answer.get("completion_probabilities") if isinstance(answer, dict) else None
+        got = [e.get("id") for e in probs] if isinstance(probs, list) else None
+        if got != label:
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} generated tokens {got} where the label's {label} were forced; "
+                "its label probabilities cannot be read (is it the llama.cpp build `make llama-server` makes?)."
+            )
+        total = 0.0
+        for e in probs:
+            lp = e.get("logprob")
+            total += -math.inf if lp is None else float(lp)
+        return total
+
+
+def _tensor(values: list[float]) -> Any:
+    import torch
+
+    if all(math.isinf(v) for v in values):
+        raise LlamaCppError("llama-server gave every label probability 0 (below float precision).")
+    return torch.tensor(values, dtype=torch.float64)
