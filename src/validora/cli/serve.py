@@ -82,7 +82,11 @@ def _show(serving: Serving) -> None:
         'scale 0, and a request without "lora" runs the base model alone:\n'
         f"  curl {serving.url}/completion -d '{escape(example)}'\n"
         "The invocation tokens listed are the trained ones without the first: llama-server turns an "
-        "aLoRA on one token before them, where training turned it on. Ctrl-C stops the server.",
+        "aLoRA on one token before them, where training turned it on.\n"
+        "In a program (label probabilities exactly as in-process, requirements and retries unchanged):\n"
+        f"  backend = LlamaCppBackend({serving.url!r}); "
+        f"backend.add_adapter(CustomIntrinsicAdapter({str(serving.adapters[0].directory)!r}))\n"
+        "Ctrl-C stops the server.",
         highlight=False,
         soft_wrap=True,
     )
