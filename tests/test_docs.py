@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from validora.serve import serve
+
 from .conftest import ROOT
 
 
@@ -15,14 +17,19 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
 
 
-def test_readme_python_blocks_run(trained_adapter, capsys):
+def test_readme_python_blocks_run(trained_adapter, llama_server, capsys):
     blocks = python_blocks()
-    assert len(blocks) >= 2
-    for block in blocks:
-        code = block.replace("checkpoints/engine_alora", str(trained_adapter))
-        exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert "no_failure" in printed  # label probabilities were printed
+    assert len(blocks) >= 3
+    served = [b for b in blocks if "LlamaCppBackend(" in b]
+    assert served  # the serving section's program runs against a real llama-server
+    with serve([trained_adapter], threads=1) as serving:
+        for block in blocks:
+            code = block.replace("checkpoints/engine_alora", str(trained_adapter))
+            code = code.replace("http://127.0.0.1:8080", serving.url)
+            exec(compile(code, "README.md", "exec"), {})
+            printed = capsys.readouterr().out
+            if "print(" in block:
+                assert "no_failure" in printed, block  # label probabilities were printed
 
 
 def test_triage_example_runs(trained_adapter):
