@@ -1,4 +1,5 @@
-"""Batch validation to a file (`predict --output`): order, resume after interruption, refusals."""
+"""Batch validation to a file (`predict --output`): order, resume after interruption, refusals; in-process
+and through a real llama-server (`--server`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora.batch import meta_path, plan_batch, predict_file
+from validora.batch import ServerScorer, meta_path, plan_batch, predict_file
 from validora.cli import app
 from validora.errors import ConfigError, DataError
 
@@ -233,3 +235,163 @@ def test_bad_input_lines_are_named_and_nothing_is_written(validator, tmp_path: P
         app, ["alora", "predict", str(trained_adapter), "--file", str(bad), "--output", str(out)]
     )
     assert result.exit_code == 2 and "bad.jsonl:3: invalid JSON" in result.stderr
+
+
+# ----- --server: the same rows computed by a real llama-server ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(trained_adapter: Path, llama_server):
+    """The trained adapter on a real llama-server with 2 slots (for --concurrency 2)."""
+    from validora.serve import serve
+
+    with serve([trained_adapter], threads=1, ctx_size=1024, parallel=2) as serving:
+        yield serving
+
+
+@pytest.fixture
+def keep_sigterm():
+    """The CLI turns SIGTERM into KeyboardInterrupt for the rest of the process; give pytest its own back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def in_process_expected(validator) -> list:
+    """In-process scores of NOTES as the server computes them: an adapter trained without requirement
+    texts sees the text alone (as in programs; the server, like `LocalHFBackend.check`, drops them)."""
+    reqs = [n.get("requirement") if validator.info.requirements else None for n in NOTES]
+    return validator.predict([n["item"] for n in NOTES], requirements=reqs, batch_size=2)
+
+
+def assert_like_in_process(got: list[dict], expected: list, tol: float = 0.05) -> None:
+    assert [r["line"] for r in got] == [1, 3, 4, 5, 6]
+    assert [r["item"] for r in got] == [n["item"] for n in NOTES]
+    assert [r["label"] for r in got] == [e.label for e in expected]
+    for r, e in zip(got, expected, strict=True):
+        assert r["probs"] == pytest.approx(e.probs, abs=tol)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_rows_equal_in_process_in_input_order_also_concurrently(
+    validator, served, notes: Path, trained_adapter: Path, tmp_path: Path
+):
+    expected = in_process_expected(validator)
+    out, fast = tmp_path / "server.jsonl", tmp_path / "concurrent.jsonl"
+    with ServerScorer(served.url, trained_adapter) as score:
+        result = predict_file(score, notes, out, adapter=trained_adapter, batch_size=2, engine="llama-server")
+    assert (result.total, result.scored) == (5, 5)
+    assert json.loads(meta_path(out).read_text())["engine"] == "llama-server"
+    assert_like_in_process(rows(out), expected)
+    with ServerScorer(served.url, trained_adapter, concurrency=2) as score:  # 2 requests at once
+        predict_file(score, notes, fast, adapter=trained_adapter, batch_size=5, engine="llama-server")
+    assert_like_in_process(rows(fast), expected)
+    for one, two in zip(rows(out), rows(fast), strict=True):  # the slots batch together: ~1e-3 apart
+        assert two["probs"] == pytest.approx(one["probs"], abs=0.01)
+    two = [NOTES[0]["item"], NOTES[1]["item"]]  # the plain path: texts as arguments, scored by the server
+    texts = runner.invoke(
+        app, ["alora", "predict", str(trained_adapter), *two, "--server", served.url, "--jsonl"]
+    )
+    assert texts.exit_code == 0, texts.output
+    printed = [json.loads(line) for line in texts.stdout.splitlines()]
+    assert [p["label"] for p in printed] == [e.label for e in expected[:2]]
+
+
+def test_server_dying_mid_run_keeps_finished_lines_and_another_server_resumes(
+    validator, served, notes: Path, trained_adapter: Path, tmp_path: Path, monkeypatch, keep_sigterm
+):
+    from validora.serve import serve
+
+    dying = serve([trained_adapter], threads=1, ctx_size=1024)
+    real = ServerScorer.__call__
+
+    def first_batch_then_server_dies(self, texts, reqs):
+        results = real(self, texts, reqs)
+        dying.stop()  # after the first batch is scored, before it is written
+        return results
+
+    monkeypatch.setattr(ServerScorer, "__call__", first_batch_then_server_dies)
+    out = tmp_path / "results.jsonl"
+    cmd = ["alora", "predict", str(trained_adapter), "--file", str(notes), "--output", str(out)]
+    cmd += ["--batch-size", "2"]
+    try:
+        died = runner.invoke(app, [*cmd, "--server", dying.url])
+    finally:
+        dying.stop()
+    monkeypatch.undo()
+    assert died.exit_code == 1, died.output
+    assert "connection refused" in died.stderr and "2 of 5 results are in" in died.stderr
+    assert "run the same command" in died.stderr
+    assert [r["line"] for r in rows(out)] == [1, 3] and out.read_bytes().endswith(b"\n")
+    resumed = runner.invoke(app, [*cmd, "--server", served.url])  # another port: the same adapter
+    assert resumed.exit_code == 0, resumed.output
+    assert "5 results in" in resumed.stderr and "(2 were already there)" in resumed.stderr
+    assert_like_in_process(rows(out), in_process_expected(validator))
+
+
+def test_server_errors_and_engine_switches_are_refused_before_any_line_is_written(
+    validator, served, notes: Path, trained_adapter: Path, tmp_path: Path, keep_sigterm
+):
+    class StopAfterFirst:
+        def __init__(self, score):
+            self.score, self.calls = score, 0
+
+        def __call__(self, texts, reqs):
+            if self.calls:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return self.score(texts, reqs)
+
+    on_server, here = tmp_path / "server.jsonl", tmp_path / "here.jsonl"
+    with pytest.raises(KeyboardInterrupt), ServerScorer(served.url, trained_adapter) as score:
+        predict_file(
+            StopAfterFirst(score), notes, on_server, adapter=trained_adapter, batch_size=2,
+            engine="llama-server",
+        )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run(validator, notes, here, Counting(validator, stop_after=1))
+    files = [on_server, meta_path(on_server), here, meta_path(here)]
+    before = [f.read_bytes() for f in files]
+    base = ["alora", "predict", str(trained_adapter), "--file", str(notes), "--batch-size", "2"]
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    refused = runner.invoke(app, [*base, "--output", str(on_server), "--server", nobody])
+    assert refused.exit_code == 1 and "No llama-server answers" in refused.stderr, refused.output
+    assert "connection refused" in refused.stderr and nobody in refused.stderr
+
+    switched = runner.invoke(app, [*base, "--output", str(on_server)])  # refused before the model loads
+    assert switched.exit_code == 2 and "scored by llama-server (--server)" in switched.stderr
+    assert "this run scores in-process" in switched.stderr and "--overwrite" in switched.stderr
+    meta = json.loads(meta_path(here).read_text())
+    del meta["engine"]  # a sidecar written before --server existed: in-process
+    meta_path(here).write_text(json.dumps(meta))
+    before[3] = meta_path(here).read_bytes()
+    switched = runner.invoke(app, [*base, "--output", str(here), "--server", served.url])
+    assert switched.exit_code == 2 and "scored in-process (without --server)" in switched.stderr
+    assert "this run scores by llama-server" in switched.stderr
+    assert [f.read_bytes() for f in files] == before  # nothing touched by any of these
+
+    other = tmp_path / "other"  # a recalibrated copy: another adapter, which the server does not serve
+    shutil.copytree(trained_adapter, other)
+    info = json.loads((other / "validora.json").read_text())
+    (other / "validora.json").write_text(json.dumps({**info, "temperature": 2.5}))
+    fresh = tmp_path / "fresh.jsonl"
+    cmd = ["alora", "predict", str(other), "--file", str(notes), "--output", str(fresh)]
+    missing = runner.invoke(app, [*cmd, "--server", served.url])
+    assert missing.exit_code == 1 and "does not serve adapter" in missing.stderr, missing.output
+    assert not fresh.exists() and not meta_path(fresh).exists()
+
+    for flags, says in (
+        (["--server", "127.0.0.1:8080"], "--server must be a URL"),
+        (["--concurrency", "2"], "--concurrency goes with --server"),
+        (["--server", served.url, "--device", "cpu"], "--device"),
+        (["--server", served.url, "--concurrency", "0"], "--concurrency"),
+    ):
+        bad = runner.invoke(app, [*cmd, *flags])
+        assert bad.exit_code == 2 and says in bad.stderr, (flags, bad.output)
+    assert not fresh.exists() and not meta_path(fresh).exists()

@@ -1,8 +1,12 @@
 """Batch validation to a JSONL file: streamed input, results flushed batch by batch, resumable.
 
 Why a sidecar: the results file stays pure JSONL (one object per input line, `line` first), and
-`<output>.meta.json` records what produced it (input digest, adapter digest, settings). A rerun that
-matches scores only the lines still missing; one that does not is refused before anything is touched.
+`<output>.meta.json` records what produced it (input digest, adapter digest, settings, engine). A rerun
+that matches scores only the lines still missing; one that does not is refused before anything is touched.
+
+The engine is "in-process" (the PyTorch model, fp32) or "llama-server" (`ServerScorer`, Q4_1 arithmetic):
+their probabilities differ slightly, so one file never mixes them. Which server does not matter (a
+server moved to another port serves the same adapter, found by its digest), only which engine.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
-from validora.adapters import adapter_digest
+from validora.adapters import AdapterInfo, CustomIntrinsicAdapter, adapter_digest
 from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem
 from validora.scoring import LabelScores
@@ -26,7 +32,8 @@ from validora.validator import check_batch_size
 
 META_VERSION = 1
 # What must be equal for a rerun to append to earlier results (paths may differ: the content decides).
-MATCHED = ("input_sha256", "items", "format", "requirement", "adapter_sha256", "settings")
+MATCHED = ("input_sha256", "items", "format", "requirement", "adapter_sha256", "settings", "engine")
+ENGINES = ("in-process", "llama-server")  # sidecars written before the server existed hold no engine
 
 Scorer = Callable[[Sequence[str], Sequence[str | None]], list[LabelScores]]
 
@@ -161,7 +168,7 @@ def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
 def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     """Why `output` cannot be resumed by this run, in the user's terms (None: it can)."""
     for key in MATCHED:
-        if old.get(key) == new.get(key):
+        if _matched(old, key) == _matched(new, key):
             continue
         if key in ("input_sha256", "items", "format"):
             what = (
@@ -171,12 +178,26 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
             )
         elif key == "adapter_sha256":
             what = f"a different adapter ({old.get('adapter')}; this run uses {new['adapter']})"
+        elif key == "engine":
+            return (
+                f"{output} holds results scored {_ENGINE_WORDS.get(_matched(old, key), '?')}, and this run "
+                f"scores {_ENGINE_WORDS[new[key]]}; their probabilities differ slightly (Q4_1 weights in "
+                "llama.cpp, fp32 in PyTorch), so one file does not mix them. Rerun as the file was started "
+                "(with or without --server)."
+            )
         elif key == "settings":
             what = f"other settings ({old.get(key)}; this run has {new[key]})"
         else:
             what = f"a different {key} ({old.get(key)!r}; this run has {new[key]!r})"
         return f"{output} holds results for {what}."
     return None
+
+
+_ENGINE_WORDS = {"in-process": "in-process (without --server)", "llama-server": "by llama-server (--server)"}
+
+
+def _matched(meta: Mapping[str, Any], key: str) -> Any:
+    return meta.get(key, "in-process") if key == "engine" else meta.get(key)
 
 
 def _done_prefix(output: Path, examples: Iterator[Example]) -> tuple[int, int, bool]:
@@ -275,16 +296,20 @@ def plan_batch(
     batch_size: int = 8,
     overwrite: bool = False,
     stdin: bytes | None = None,
+    engine: str = "in-process",
 ) -> BatchJob:
     """Check the input (every bad line reported) and what `output` holds, before any model is loaded.
 
     `adapter` (its directory) and `settings` (anything else that changes scores, e.g. a base-model
     override) are fingerprinted with the input's bytes; when `output` exists, its sidecar must match and
     its lines must be the results of the input's first texts, in order, or this raises without touching
-    anything. `overwrite` starts afresh instead. `stdin` holds the bytes when `source` is "-".
+    anything. `overwrite` starts afresh instead. `stdin` holds the bytes when `source` is "-". `engine`
+    ("in-process" or "llama-server") says what will score it: a rerun must use the same one.
     Nothing is written until `BatchJob.run`.
     """
     check_batch_size(batch_size)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}.", option="engine")
     is_stdin = str(source) == "-"
     name = "<stdin>" if is_stdin else str(source)
     if is_stdin:
@@ -312,6 +337,7 @@ def plan_batch(
         "adapter": str(adapter),
         "adapter_sha256": adapter_digest(adapter),
         "settings": dict(settings or {}),
+        "engine": engine,
     }
     examples = _examples(data, name, jsonl)
     job = BatchJob(output, meta, total, 0, None, False, requirement, batch_size, examples)
@@ -353,3 +379,69 @@ def predict_file(
     """Score every text of `source` into `output` (JSONL, input order), resuming an interrupted run:
     `plan_batch(source, output, **options).run(score, progress)`."""
     return plan_batch(source, output, **options).run(score, progress)
+
+
+class ServerScorer:
+    """A `Scorer` that asks a running llama-server (`LlamaCppBackend`), `concurrency` texts at a time,
+    results in input order.
+
+    Connecting and finding the adapter happen here, so a server that is not there, or that does not serve
+    this adapter, fails before any output is written; a server lost later raises `LlamaCppError` from the
+    call, after the batches before it are on disk. A text's requirement reaches the adapter's prompt only
+    when it was trained with requirements (as in programs, `LlamaCppBackend.check`).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        adapter: str | Path,
+        *,
+        basemodel: str | None = None,
+        concurrency: int = 1,
+        timeout: float | None = None,
+    ):
+        from validora.backends.llamacpp import DEFAULT_TIMEOUT, LlamaCppBackend
+
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(
+                f"concurrency must be a whole number of at least 1, not {concurrency!r}.",
+                option="concurrency",
+            )
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be positive seconds, not {timeout!r}.", option="timeout")
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"server must be a URL like http://127.0.0.1:8080 (what `m alora serve` prints), not {server!r}.",
+                option="server",
+            )
+        base = basemodel or AdapterInfo.read(Path(adapter)).base_model
+        self.backend = LlamaCppBackend(server, base, timeout=timeout or DEFAULT_TIMEOUT)
+        added = CustomIntrinsicAdapter(str(adapter))
+        self.backend.add_adapter(added)
+        self.name = added.name
+        self.concurrency = concurrency
+        self._pool = ThreadPoolExecutor(concurrency, "validora-server") if concurrency > 1 else None
+
+    def _one(self, text: str, requirement: str | None) -> LabelScores:
+        return self.backend.check(text, [(self.name, requirement)])[0].scores
+
+    def __call__(self, texts: Sequence[str], requirements: Sequence[str | None]) -> list[LabelScores]:
+        if self._pool is None:
+            return [self._one(t, r) for t, r in zip(texts, requirements, strict=True)]
+        futures = [self._pool.submit(self._one, t, r) for t, r in zip(texts, requirements, strict=True)]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # a failure or an interruption: the texts not yet sent are not sent
+                f.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> ServerScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

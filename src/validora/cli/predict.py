@@ -1,4 +1,5 @@
-"""`m alora predict ADAPTER TEXT...`: the label and every label's probability, as a table or JSONL."""
+"""`m alora predict ADAPTER TEXT...`: the label and every label's probability, as a table or JSONL;
+computed in-process, or by a running llama-server (`--server`, see `m alora serve`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
 from validora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from validora.batch import Scorer
 
 
 def _read_texts(path: Path, fmt: str) -> list[tuple[str, str | None]]:
@@ -57,8 +61,30 @@ def predict(
         ),
     ] = None,
     basemodel: Annotated[str | None, typer.Option(help="Override the adapter's base model.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Items scored per forward pass (at least 1).")] = 8,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or mps (in-process; not with --server).")
+    ] = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Items scored per forward pass (at least 1); with --server, texts per written batch."
+        ),
+    ] = 8,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Score through this running llama-server (the URL `m alora serve ADAPTER` prints) instead "
+            "of loading the model here; the server must serve this adapter.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --server: texts in flight at once (start the server with --parallel N to match); "
+            "results stay in input order.",
+        ),
+    ] = 1,
     revision: Annotated[
         str | None, typer.Option(help="Branch, tag or commit, when ADAPTER is a hub id.")
     ] = None,
@@ -75,6 +101,10 @@ def predict(
     ] = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
+    if server is None and concurrency != 1:
+        raise ConfigError("--concurrency goes with --server (in-process scoring batches instead).")
+    if server is not None and device != "auto":
+        raise ConfigError("--device chooses where the model runs here; with --server the server computes.")
     if output is not None or overwrite:
         _predict_to_file(
             adapter,
@@ -88,6 +118,8 @@ def predict(
             device,
             batch_size,
             revision,
+            server,
+            concurrency,
         )
         return
     pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
@@ -100,10 +132,19 @@ def predict(
     items = [text for text, _ in pairs]
     if not items:
         raise ConfigError("Nothing to classify: give texts as arguments or --file.")
-    from validora.validator import load_validator
+    reqs = [r if r is not None else requirement for _, r in pairs]
+    if server is not None:
+        from validora.adapters import resolve_adapter_dir
+        from validora.batch import ServerScorer
 
-    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
-    results = validator.predict(items, requirement, requirements=[r for _, r in pairs], batch_size=batch_size)
+        directory = resolve_adapter_dir(adapter, revision=revision)[0]
+        with ServerScorer(server, directory, basemodel=basemodel, concurrency=concurrency) as scorer:
+            results = scorer(items, reqs)
+    else:
+        from validora.validator import load_validator
+
+        validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
+        results = validator.predict(items, requirements=reqs, batch_size=batch_size)
     if jsonl:
         for text, r in zip(items, results, strict=True):
             out.print(
@@ -136,13 +177,15 @@ def _predict_to_file(
     device: str,
     batch_size: int,
     revision: str | None,
+    server: str | None,
+    concurrency: int,
 ) -> None:
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from validora.adapters import resolve_adapter_dir
-    from validora.batch import plan_batch
-    from validora.validator import load_validator
+    from validora.batch import ServerScorer, plan_batch
+    from validora.llamacpp import LlamaCppError
 
     if output is None:
         raise ConfigError("--overwrite goes with --output.")
@@ -154,19 +197,26 @@ def _predict_to_file(
     if str(file) == "-":
         buffer = getattr(sys.stdin, "buffer", None)
         stdin = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
+    directory = resolve_adapter_dir(adapter, revision=revision)[0]
     job = plan_batch(  # bad input and a mismatched --output are refused before the model loads
         file,
         output,
-        adapter=resolve_adapter_dir(adapter, revision=revision)[0],
+        adapter=directory,
         settings={"basemodel": basemodel} if basemodel else None,
         requirement=requirement,
         fmt=text_format,
-        batch_size=batch_size,
+        batch_size=max(batch_size, concurrency),  # a batch's texts are what is in flight at once
         overwrite=overwrite,
         stdin=stdin,
+        engine="llama-server" if server else "in-process",
     )
     sigterm_as_interrupt()  # `kill` leaves complete lines, like Ctrl-C
-    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
+    # A server that is not there or lacks the adapter fails here, before the output is touched.
+    score = (
+        ServerScorer(server, directory, basemodel=basemodel, concurrency=concurrency)
+        if server
+        else _in_process(adapter, basemodel, device, revision, batch_size)
+    )
     bar = Progress(
         TextColumn("scoring"),
         BarColumn(),
@@ -184,22 +234,32 @@ def _predict_to_file(
         bar.update(bar.task_ids[0], completed=done)
         state.update(done=done, total=total)
 
-    def score(items: Sequence[str], reqs: Sequence[str | None]) -> list:
-        return validator.predict(items, requirements=reqs, batch_size=batch_size)
+    def kept() -> str:
+        return f"{state['done']} of {state['total'] or '?'} results are in {escape(str(output))}"
 
     try:
         run = job.run(score, progress)
     except KeyboardInterrupt:
         bar.stop()
         console.print(
-            f"[yellow]Interrupted.[/] {state['done']} of {state['total'] or '?'} results are in "
-            f"{escape(str(output))}; run the same command again to resume.",
+            f"[yellow]Interrupted.[/] {kept()}; run the same command again to resume.",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
+    except LlamaCppError as exc:  # the server went away or failed mid-run: what is done stays
+        bar.stop()
+        console.print(
+            f"[bold red]Error:[/] {escape(str(exc))}\n{kept()}; once a llama-server serves the adapter "
+            "again, run the same command (any --server URL) to resume.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
     finally:
         bar.stop()
+        if isinstance(score, ServerScorer):
+            score.close()
     if run.dropped_partial:
         console.print(
             "Dropped an incomplete last line left by an interrupted run; it was scored again.", soft_wrap=True
@@ -208,3 +268,16 @@ def _predict_to_file(
     console.print(
         f"{run.total} results in {escape(str(run.output))}{resumed}.", highlight=False, soft_wrap=True
     )
+
+
+def _in_process(
+    adapter: str, basemodel: str | None, device: str, revision: str | None, batch_size: int
+) -> Scorer:
+    from validora.validator import load_validator
+
+    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
+
+    def score(items: Sequence[str], reqs: Sequence[str | None]) -> list:
+        return validator.predict(items, requirements=reqs, batch_size=batch_size)
+
+    return score
