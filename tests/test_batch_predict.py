@@ -283,12 +283,19 @@ def test_server_rows_equal_in_process_in_input_order_also_concurrently(
 ):
     expected = in_process_expected(validator)
     out, fast = tmp_path / "server.jsonl", tmp_path / "concurrent.jsonl"
-    with ServerScorer(served.url, trained_adapter) as score:
+    with (
+        ServerScorer(served.url, trained_adapter) as score,
+        pytest.warns(UserWarning, match="trained without requirement texts") as said,
+    ):
         result = predict_file(score, notes, out, adapter=trained_adapter, batch_size=2, engine="llama-server")
+    assert len(said) == 1  # NOTES' one requirement is ignored for this classifier, and it is said once
     assert (result.total, result.scored) == (5, 5)
     assert json.loads(meta_path(out).read_text())["engine"] == "llama-server"
     assert_like_in_process(rows(out), expected)
-    with ServerScorer(served.url, trained_adapter, concurrency=2) as score:  # 2 requests at once
+    with (
+        ServerScorer(served.url, trained_adapter, concurrency=2) as score,  # 2 requests at once
+        pytest.warns(UserWarning, match="requirement"),
+    ):
         predict_file(score, notes, fast, adapter=trained_adapter, batch_size=5, engine="llama-server")
     assert_like_in_process(rows(fast), expected)
     for one, two in zip(rows(out), rows(fast), strict=True):  # the slots batch together: ~1e-3 apart

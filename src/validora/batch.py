@@ -388,7 +388,8 @@ class ServerScorer:
     Connecting and finding the adapter happen here, so a server that is not there, or that does not serve
     this adapter, fails before any output is written; a server lost later raises `LlamaCppError` from the
     call, after the batches before it are on disk. A text's requirement reaches the adapter's prompt only
-    when it was trained with requirements (as in programs, `LlamaCppBackend.check`).
+    when it was trained with requirements (as in programs, `LlamaCppBackend.check`); in-process `predict`
+    puts it in every prompt, so for other adapters the first requirement seen brings a warning.
     """
 
     def __init__(
@@ -421,12 +422,21 @@ class ServerScorer:
         self.backend.add_adapter(added)
         self.name = added.name
         self.concurrency = concurrency
+        self._ignores_requirements = not added.info.requirements
         self._pool = ThreadPoolExecutor(concurrency, "validora-server") if concurrency > 1 else None
 
     def _one(self, text: str, requirement: str | None) -> LabelScores:
         return self.backend.check(text, [(self.name, requirement)])[0].scores
 
     def __call__(self, texts: Sequence[str], requirements: Sequence[str | None]) -> list[LabelScores]:
+        if self._ignores_requirements and any(r is not None for r in requirements):
+            self._ignores_requirements = False  # said once
+            warnings.warn(
+                f"adapter {self.name!r} was trained without requirement texts: llama-server scores each "
+                "text alone, as programs do, and ignores the requirement (in-process `predict` puts it "
+                "in the prompt, so those rows can differ).",
+                stacklevel=2,
+            )
         if self._pool is None:
             return [self._one(t, r) for t, r in zip(texts, requirements, strict=True)]
         futures = [self._pool.submit(self._one, t, r) for t, r in zip(texts, requirements, strict=True)]

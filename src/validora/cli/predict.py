@@ -93,7 +93,8 @@ def predict(
         Path | None,
         typer.Option(
             help="With --file: stream results as JSONL to this file (input line number, item, label, probs), "
-            "flushed batch by batch with a progress bar; rerunning the same command resumes where it stopped.",
+            "flushed batch by batch with a progress bar; rerunning the same command resumes where it stopped "
+            "(with --server or without, as the file was started).",
         ),
     ] = None,
     overwrite: Annotated[
