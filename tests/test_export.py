@@ -20,10 +20,11 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from validora import llamacpp
-from validora.adapters import AdapterInfo, adapter_digest
+from validora.adapters import AdapterInfo
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
 from validora.export import export_gguf, served_name
+from validora.layouts import adapter_digest
 from validora.models import local_files, resolve_base_model
 
 GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",

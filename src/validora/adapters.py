@@ -9,7 +9,6 @@ directories a live writer holds an flock on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -44,10 +43,6 @@ ADAPTER_TYPES = ("alora", "lora")
 LEFTOVER_KINDS = ("partial", "old", "probe")
 ADAPTER_SIZE_ESTIMATE = 50 * 2**20  # the free-space check wants twice this or twice the earlier adapter
 SWAP_DELAY_ENV = "VALIDORA_TEST_SWAP_DELAY"  # tests: seconds to pause, with a line on stderr, inside the swap
-
-
-# What makes an adapter this adapter: weights, PEFT config, validora.json (labels, temperature, prompt).
-DIGESTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json")
 
 
 @dataclass
@@ -409,19 +404,6 @@ def recover(target: str | Path) -> str | None:
     note = f"An earlier save of {target} was interrupted: {'; '.join(done)}."
     warnings.warn(note, stacklevel=2)
     return note
-
-
-def adapter_digest(adapter: str | Path) -> str:
-    """sha256 over the adapter's weights, PEFT config and validora.json (labels, temperature)."""
-    digest = hashlib.sha256()
-    for name in DIGESTED_FILES:
-        path = Path(adapter) / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0")
-            with path.open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from validora.adapters import AdapterInfo, CustomIntrinsicAdapter, adapter_digest
+from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
 from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem
+from validora.layouts import adapter_digest
 from validora.scoring import LabelScores
 from validora.validator import check_batch_size
 

@@ -24,12 +24,12 @@ from validora.adapters import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterInfo,
-    adapter_digest,
     private_tempdir,
     recover,
     resolve_adapter_dir,
 )
 from validora.errors import AdapterError, ConfigError, ModelError
+from validora.layouts import adapter_digest
 from validora.models import BaseModelSpec, resolve_base_model
 
 # HF architecture → (llama.cpp architecture, q/k rows permuted like the converter's `undo_permute`).

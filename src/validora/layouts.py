@@ -8,6 +8,7 @@ downloaded) and on a directory (a local copy or a snapshot) alike.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -114,3 +115,20 @@ def files_of(paths: Iterable[str], found: Located) -> list[str]:
     """The repository files that make up a chosen adapter: those directly in its folder (io.yaml included)."""
     folder = PurePosixPath(found.path.as_posix())
     return sorted(p for p in paths if PurePosixPath(p).parent == folder and is_adapter_file(p))
+
+
+# What makes an adapter this adapter: weights, PEFT config, validora.json (labels, temperature, prompt).
+DIGESTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json")
+
+
+def adapter_digest(adapter: str | Path) -> str:
+    """sha256 over the adapter's weights, PEFT config and validora.json (labels, temperature)."""
+    digest = hashlib.sha256()
+    for name in DIGESTED_FILES:
+        path = Path(adapter) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with path.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
