@@ -5,11 +5,13 @@ by 1 and by 4 client threads, and LlamaCppBackend against one `serve(adapter, pa
 and by 4 concurrent clients. Each client takes the next output and calls `backend.check(output, checks)`;
 an output's latency is that call's wall time. Torch and the server use the same number of threads
 (--threads), set explicitly. Runs of one client count are measured back to back (in-process, then
-server), so that a busier minute of a shared machine hits both alike. The same run checks that the two
-backends agree: the most probable label of every check, server (1 client) vs in-process (1 thread).
+server, on the same texts), so that a busier minute of a shared machine hits both alike. The same run
+checks that the two backends agree: the most probable label of every check, at each client count.
 
 Outputs: the notes of --file (default: the engine test notes), repeated in order up to --n outputs
-(--tokens N joins consecutive notes until each output has at least N tokens). A check is one
+(--tokens N joins consecutive notes until each output has at least N tokens), each made unique by a
+"Log K-I:" tag (K the run pair, I the output): llama-server keeps finished prompts in RAM and would
+otherwise serve a repeated output's prefix from there (--same-outputs shows that effect). A check is one
 (adapter, requirement) pair, scored over all the adapter's labels; --judge adds a second check per
 output, the base model as yes/no judge of one requirement, in a second set of rows.
 
@@ -180,6 +182,12 @@ def load_outputs(path: Path, n: int, tokens: int, tokenizer: Any) -> list[str]:
     return outputs
 
 
+def tagged(outputs: list[str], pair: int) -> list[str]:
+    """Outputs no earlier call has seen: llama-server keeps finished prompts in RAM (--cache-ram, 8 GiB by
+    default) and would serve a repeated output's prefix from there, which the in-process backend cannot."""
+    return [f"Log {pair}-{i}: {text}" for i, text in enumerate(outputs)]
+
+
 def peak_rss_mib(pid: int | None = None) -> float:
     """Peak resident memory: this process (ru_maxrss), or another one's VmHWM."""
     if pid is None:
@@ -218,6 +226,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--judge", action="store_true", help="also rows with a second check: the base-model judge"
     )
+    parser.add_argument("--same-outputs", action="store_true",
+                        help="check the very same outputs in every run (by default each output is made unique "
+                             "by a 'Log K-I:' tag, so that llama-server's prompt cache in RAM cannot reuse an "
+                             "earlier run's or an earlier repeat's prefix)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="save the results here")
     args = parser.parse_args()
     if not (args.adapter / "validora.json").is_file():
@@ -250,9 +262,10 @@ def main() -> None:
         runs: list[Run] = []
         for checks in sets:
             for clients in args.clients:
-                runs.append(drive(local, "in-process", outputs, checks, clients))
+                texts = outputs if args.same_outputs else tagged(outputs, len(runs) // 2)
+                runs.append(drive(local, "in-process", texts, checks, clients))
                 remote.timings.clear()
-                runs.append(drive(remote, f"llama-server -np {parallel}", outputs, checks, clients))
+                runs.append(drive(remote, f"llama-server -np {parallel}", texts, checks, clients))
                 runs[-1].server = server_stats(remote.timings, sum(runs[-1].latencies))
                 for run in runs[-2:]:
                     print(f"  done: {run.backend}, {clients} client(s), {len(checks)} check(s)/output: "
@@ -263,13 +276,15 @@ def main() -> None:
         serving.stop()
 
     rows = [{**r.row(), **({"server": r.server} if r.server else {})} for r in runs]
-    mean_tokens = statistics.fmean(len(local.tokenizer(o)["input_ids"]) for o in outputs)
+    final = outputs if args.same_outputs else tagged(outputs, 0)
+    mean_tokens = statistics.fmean(len(local.tokenizer(o)["input_ids"]) for o in final)
     print(f"\nMachine: {cpu_model()}, {os.cpu_count()} CPU cores, {platform.system()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); llama.cpp {(build_info() or {}).get('commit', '?')} "
           f"(llama-server -t {args.threads} -np {parallel}); load average before/after: "
           f"{load_before[0]:.2f}/{os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"Command: `{' '.join(sys.argv)}`; adapter {args.adapter.name}; {len(outputs)} outputs of "
-          f"{mean_tokens:.0f} tokens on average ({args.file.name}); total {time.perf_counter() - began:.0f} s\n")  # fmt: skip
+          f"{mean_tokens:.0f} tokens on average ({args.file.name}, "
+          f"{'the same in every run' if args.same_outputs else 'each made unique by a tag'}); total {time.perf_counter() - began:.0f} s\n")  # fmt: skip
     print(
         "| backend | clients | checks/output | checks/s | outputs/s | p50 ms/output | p95 ms/output | wall s |"
     )
@@ -309,18 +324,13 @@ def main() -> None:
         )
 
     agree = []
-    for checks in {r.checks for r in runs}:
-        same_set = [r for r in runs if r.checks == checks]
-        reference = same_set[0]  # in-process, fewest clients
-        for run in same_set[1:]:
-            share, mad = agreement(reference, run)
-            agree.append({"run": f"{run.backend}, {run.clients} client(s)", "checks_per_output": checks,
-                          "same_label": round(share, 4), "mean_abs_prob_diff": round(mad, 4)})  # fmt: skip
-            verdict = (
-                "" if run.backend == "in-process" else (" ok" if share >= AGREEMENT_TARGET else " BELOW 98%")
-            )
-            print(f"agreement with in-process ({reference.clients} client), {checks} check(s)/output: "
-                  f"{run.backend}, {run.clients} client(s): same label {share:.1%}, mean |dp| {mad:.4f}{verdict}")  # fmt: skip
+    for local_run, server_run in zip(runs[::2], runs[1::2], strict=True):  # the same texts
+        share, mad = agreement(local_run, server_run)
+        agree.append({"clients": server_run.clients, "checks_per_output": server_run.checks,
+                      "same_label": round(share, 4), "mean_abs_prob_diff": round(mad, 4)})  # fmt: skip
+        verdict = "ok" if share >= AGREEMENT_TARGET else f"BELOW {AGREEMENT_TARGET:.0%}"
+        print(f"agreement server vs in-process, {server_run.clients} client(s), {server_run.checks} check(s)/output: "
+              f"same label {share:.1%} ({verdict}), mean |dp| {mad:.4f}")  # fmt: skip
 
     if args.json:
         args.json.write_text(json.dumps({
@@ -328,7 +338,7 @@ def main() -> None:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "server_threads": args.threads, "parallel": parallel,
             "llama_cpp": (build_info() or {}).get("commit"), "adapter": str(args.adapter),
-            "outputs": len(outputs), "mean_tokens": round(mean_tokens, 1),
+            "outputs": len(outputs), "mean_tokens": round(mean_tokens, 1), "same_outputs": args.same_outputs,
             "load_average_before": load_before[0], "rows": rows, "ratios": ratios, "agreement": agree,
             "peak_rss_mib": {"in_process": round(rss_local), "llama_server": round(rss_server)},
         }, indent=2) + "\n")  # fmt: skip
