@@ -54,6 +54,7 @@ class _Served:
     fmt: PromptFormat
     temperature: float
     requirements: bool  # trained with requirement texts (else its prompt holds the output alone)
+    alora: bool  # the server recomputes its invocation for every request (else the prompt's last token)
 
 
 class LlamaCppBackend:
@@ -163,6 +164,17 @@ class LlamaCppBackend:
             serving = (
                 ", ".join(f"{e.get('id')}: {Path(str(e.get('path', '?'))).name}" for e in listed) or "none"
             )
+            invocation = list(adapter.info.prompt["invocation_ids"]) if adapter.info.is_alora else None
+            unshifted = [e for e in listed if invocation and e.get("alora_invocation_tokens") == invocation]
+            if unshifted:  # most likely this adapter, exported by llama.cpp's converter (no digest)
+                raise AdapterError(
+                    f"llama-server at {self.base_url} does not serve adapter {adapter.name!r} ({want}) as "
+                    f"validora exports it; its adapter {unshifted[0].get('id')} "
+                    f"({Path(str(unshifted[0].get('path', '?'))).name}) has this adapter's invocation "
+                    f"unshifted, {invocation}, as llama.cpp's converter (or `--same-as-converter`) writes "
+                    "it, so the server would start it one token before training did. Export it with "
+                    f"`m alora export {adapter.path}` (without --same-as-converter) and serve that file."
+                )
             raise AdapterError(
                 f"llama-server at {self.base_url} does not serve adapter {adapter.name!r} ({want}); it serves "
                 f"{serving}. Serve this adapter with `m alora serve {adapter.path}` (or pass the file "
@@ -182,7 +194,7 @@ class LlamaCppBackend:
                 raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
             fmt = prompt_format(info, self.tokenizer)
             self._adapters[adapter.name] = _Served(
-                int(entry["id"]), want, fmt, info.temperature, info.requirements
+                int(entry["id"]), want, fmt, info.temperature, info.requirements, info.is_alora
             )
 
     def remove_adapter(self, name: str) -> None:
@@ -280,15 +292,27 @@ class LlamaCppBackend:
             if key not in done:
                 started = time.perf_counter()
                 scales = self._scales(listed, served.id if served is not None else None)
-                loglik = [self._label_loglik(prompt, fmt.label_ids[label], scales) for label in fmt.labels]
+                settle = served is None or not served.alora
+                loglik = [
+                    self._label_loglik(prompt, fmt.label_ids[label], scales, settle=settle and i == 0)
+                    for i, label in enumerate(fmt.labels)
+                ]
                 temperature = served.temperature if served is not None else 1.0
                 scores = LabelScores.from_loglik(fmt.labels, _tensor(loglik), temperature)
                 done[key] = CheckResult(scores, time.perf_counter() - started)
             results.append(done[key])
         return results
 
-    def _label_loglik(self, prompt: list[int], label: list[int], scales: list[dict[str, Any]]) -> float:
-        """log p(label tokens | prompt) as the server computes it: the label generated under a grammar."""
+    def _label_loglik(
+        self, prompt: list[int], label: list[int], scales: list[dict[str, Any]], *, settle: bool = False
+    ) -> float:
+        """log p(label tokens | prompt) as the server computes it: the label generated under a grammar.
+
+        `settle`: llama.cpp's CPU arithmetic depends on how a prompt is split into batches (up to ~0.1
+        nat on a label's log-probability). The labels after the first find the prompt cached and have its
+        last token computed alone; so the first label is asked again when the server computed that token
+        within a batch of several, and every label is read from the same computation. (An aLoRA's
+        invocation is computed anew, as one batch, for every label: nothing to settle.)"""
         forced = label[:-1] if label[-1] in self._end_ids else label
         body: dict[str, Any] = {
             "prompt": prompt,
@@ -305,6 +329,8 @@ class LlamaCppBackend:
         if len(forced) < len(label):
             body["logit_bias"] = [[label[-1], 100.0]]  # among the end tokens the grammar leaves, this one
         answer = self._request("/completion", body)
+        if settle and _prompt_n(answer) > 1:
+            answer = self._request("/completion", body)
         probs = answer.get("completion_probabilities") if isinstance(answer, dict) else None
         got = [e.get("id") for e in probs] if isinstance(probs, list) else None
         if got != label:
@@ -317,6 +343,13 @@ class LlamaCppBackend:
             lp = e.get("logprob")
             total += -math.inf if lp is None else float(lp)
         return total
+
+
+def _prompt_n(answer: Any) -> int:
+    """How many prompt tokens the server computed for this request (1 when the prompt was cached)."""
+    timings = answer.get("timings") if isinstance(answer, dict) else None
+    n = timings.get("prompt_n") if isinstance(timings, dict) else None
+    return n if isinstance(n, int) else 1
 
 
 def _tensor(values: list[float]) -> Any:
