@@ -154,7 +154,11 @@ class Suite:
             report = trainer.train()
             seconds = report.cache_seconds + report.train_seconds
             temperature = getattr(report, "temperature", None) or getattr(trainer, "temperature", 1.0)
-            extra = {"temperature": temperature} if _accepts(score_items, "temperature") else {}
+            readout = getattr(trainer, "readout", None)  # its temperature and lexical model (lexical.py)
+            if readout is not None:
+                extra: dict[str, Any] = {"readout": readout}
+            else:  # older checkouts
+                extra = {"temperature": temperature} if _accepts(score_items, "temperature") else {}
             probs: list[list[float] | None] = [None] * len(test)
             for req in dict.fromkeys(r.get("requirement") for r in test):
                 idx = [i for i, r in enumerate(test) if r.get("requirement") == req]
@@ -164,7 +168,8 @@ class Suite:
             result = baselines.summarise(
                 [r["label"] for r in test], probs, list(trainer.fmt.labels), seconds,
                 chosen={**overrides, "epochs_run": len(report.epochs), "best_epoch": report.best_epoch,
-                        "temperature": temperature, "val_accuracy": report.metrics.accuracy},
+                        "temperature": temperature, "val_accuracy": report.metrics.accuracy,
+                        "lexical": getattr(report, "lexical", None)},
             )  # fmt: skip
         self._loaded = None  # the Trainer wrapped the model: load a fresh one for the next set
         _write_json(self._key(name, digest, "validora", label), result)

@@ -21,6 +21,7 @@ from validora.calibration import (
 )
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
+from validora.lexical import LEXICAL_FILE
 
 from .conftest import EXAMPLES, write_jsonl
 
@@ -113,10 +114,12 @@ def tempered(probs: dict[str, float], t: float) -> dict[str, float]:
 
 
 def with_temperature(trained_adapter: Path, target: Path, temperature: float) -> Path:
-    """A copy of the trained adapter with `temperature` written into its validora.json."""
+    """A copy of the trained adapter with `temperature` written into its validora.json, without its
+    lexical model (tests/test_lexical.py covers the mixture): the temperature alone shapes its scores."""
     path = shutil.copytree(trained_adapter, target)
     info = json.loads((path / "validora.json").read_text())
-    (path / "validora.json").write_text(json.dumps({**info, "temperature": temperature}))
+    (path / "validora.json").write_text(json.dumps({**info, "temperature": temperature, "lexical": None}))
+    (path / LEXICAL_FILE).unlink(missing_ok=True)
     return path
 
 
@@ -151,6 +154,7 @@ def test_validator_applies_the_stored_temperature(hot_adapter, fresh_model):
 def test_program_checks_apply_each_adapters_temperature(cold_adapter, hot_adapter):
     from validora import CustomIntrinsicAdapter, LocalHFBackend
     from validora.checks import Check, score_checks
+    from validora.lexical import Readout
 
     backend = LocalHFBackend(device="cpu")
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(cold_adapter), intrinsic_name="cold"))
@@ -164,7 +168,9 @@ def test_program_checks_apply_each_adapters_temperature(cold_adapter, hot_adapte
     # The full path (LoRA adapters take it) applies the temperature too.
     backend._model.set_adapter("hot")
     fmt = backend._formats["hot"]
-    (full,) = score_checks(backend._model, output, [Check("hot", fmt, None, 3.0)], alora={"hot": False})
+    (full,) = score_checks(
+        backend._model, output, [Check("hot", fmt, None, Readout(3.0))], alora={"hot": False}
+    )
     assert full.scores.probs == pytest.approx(hot.scores.probs, abs=1e-4)
 
 

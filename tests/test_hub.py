@@ -303,7 +303,8 @@ def test_download_fetches_only_the_chosen_adapter_and_works_offline(hub, adapter
     path = Path(result.stdout.strip())
     snapshot = path.parents[2]
     expected = {f"{folders['first']}/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                    "io.yaml", "metrics.json", "validora.json")}  # fmt: skip
+                                                    "io.yaml", "metrics.json", "validora.json",
+                                                    "lexical.safetensors")}  # fmt: skip
     assert {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()} == expected
     assert not [p for _, p in hub.requests if "/resolve/" in p and not p.endswith(tuple(expected))]
     assert CustomIntrinsicAdapter(model_id=REPO, intrinsic_name="first").path == path

@@ -12,6 +12,7 @@ import torch
 
 from validora import Backend, ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.errors import AdapterError
+from validora.lexical import LEXICAL_FILE, lexical_text
 from validora.requirements import RequirementError
 from validora.sampling import RejectionSamplingStrategy
 from validora.scoring import full_loglik, score_items
@@ -107,8 +108,8 @@ def test_a_classifier_adapter_judges_the_text_alone(backend):
         output, [("engine", SEED_REQ), ("engine", "Anything."), ("engine", None)]
     )
     backend._model.set_adapter("engine")
-    temperature = backend.adapters["engine"].info.temperature
-    (alone,) = score_items(backend._model, backend._formats["engine"], [output], temperature=temperature)
+    readout = backend._readouts["engine"]  # its temperature and lexical model
+    (alone,) = score_items(backend._model, backend._formats["engine"], [output], readout=readout)
     for got in (first, second, plain):
         assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
 
@@ -128,13 +129,12 @@ def test_shared_prefix_checks_equal_separate_checks(backend, requirement_adapter
         for (adapter, requirement), got in zip(checks[:3], shared[:3], strict=True):
             backend._model.set_adapter(adapter)
             prompt_requirement = requirement if adapter == "second" else None
-            temperature = backend.adapters[adapter].info.temperature
             (alone,) = score_items(
                 backend._model,
                 backend._formats[adapter],
                 [output],
                 prompt_requirement,
-                temperature=temperature,
+                readout=backend._readouts[adapter],
             )
             assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
         with backend._model.disable_adapter():
@@ -161,8 +161,10 @@ def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backe
         room = min(fmt.room(r) for r in requirements)
         for requirement, got in zip(requirements, shared, strict=True):
             prefix = [fmt.encode(output, requirement, room=room).prefix]
-            temperature = backend.adapters["second"].info.temperature
-            alone = torch.softmax(full_loglik(backend._model, fmt, prefix)[0] / temperature, -1)
+            text = lexical_text(output, requirement)  # the lexical model reads the whole output
+            alone = backend._readouts["second"].probabilities(
+                full_loglik(backend._model, fmt, prefix), [text]
+            )[0]
             assert [got.scores.probs[label] for label in fmt.labels] == pytest.approx(
                 alone.tolist(), abs=1e-4
             )
@@ -184,13 +186,15 @@ def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
     info = json.loads((trained_adapter / "validora.json").read_text())
     info["adapter_type"] = "lora"
     (lora_dir / "validora.json").write_text(json.dumps(info))
+    shutil.copy(trained_adapter / LEXICAL_FILE, lora_dir)
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(lora_dir)))
     try:
         output = "Blue smoke and heavy oil use."
         (got,) = backend.check(output, [("lora", SEED_REQ)])
-        temperature = backend.adapters["lora"].info.temperature
         # A classifier adapter (trained without requirement texts) sees the output alone.
-        expected = score_items(peft, backend._formats["lora"], [output], None, temperature=temperature)[0]
+        expected = score_items(
+            peft, backend._formats["lora"], [output], None, readout=backend._readouts["lora"]
+        )[0]
         assert got.scores.probs == pytest.approx(expected.probs, abs=1e-4)
     finally:
         backend.remove_adapter("lora")

@@ -121,6 +121,9 @@ def test_a_signal_stops_llama_server_and_exits_130(trained_adapter, llama_server
     try:
         ready = proc.stdout.readline()
         assert ready.startswith("Serving at http://127.0.0.1:"), "".join(errors)
+        deadline = time.monotonic() + 30  # stderr is read by another thread: it may lag stdout's line
+        while not any("(pid " in line for line in errors) and time.monotonic() < deadline:
+            time.sleep(0.05)
         pid = int(next(line for line in errors if "(pid " in line).split("(pid ")[1].split(")")[0])
         assert alive(pid)
         proc.send_signal(sig)

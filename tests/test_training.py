@@ -175,6 +175,7 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
         "confusion_matrix.png",
         "reliability_diagram.png",
         "README.md",
+        "lexical.safetensors",
     }
     assert names == WRITTEN_FILES  # --overwrite keeps every other file as the user's: the list must be whole
     info = AdapterInfo.read(trained_adapter)
@@ -203,7 +204,7 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
 TRAINING_KEYS = {
     "datafile", "outfile", "basemodel", "adapter", "device", "epochs", "learning_rate", "batch_size",
     "grad_accum", "max_length", "promptfile", "seed", "val_fraction", "rank", "alpha", "dropout",
-    "label_smoothing", "target_modules", "warmup_fraction", "early_stop", "prefix_cache", "cache_memory_gb", "eval_batch_size",
+    "label_smoothing", "lexical_weight", "target_modules", "warmup_fraction", "early_stop", "prefix_cache", "cache_memory_gb", "eval_batch_size",
     "overwrite", "trust_remote_code", "n_train", "n_val",
 }  # fmt: skip
 
@@ -225,7 +226,7 @@ def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):
     texts = ["rod knock", "blue smoke and oil burning", "new plug, runs fine"]
     from validora.scoring import score_items
 
-    before = score_items(trainer.peft, trainer.fmt, texts, temperature=trainer.report.temperature)
+    before = score_items(trainer.peft, trainer.fmt, texts, readout=trainer.readout)
     assert AdapterInfo.read(target).temperature == trainer.report.temperature != 1.0
     after = load_validator(target, loaded=fresh_model()).predict(texts)
     for a, b in zip(before, after, strict=True):

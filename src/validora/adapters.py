@@ -26,6 +26,7 @@ from typing import Any
 
 from validora.calibration import positive_number
 from validora.errors import AdapterError, HubError
+from validora.lexical import LEXICAL_FILE, valid_description
 from validora.names import last_component, same_base_model
 from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
 
@@ -37,7 +38,8 @@ REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
 # Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
 RELIABILITY_FILE = "reliability_diagram.png"
 WRITTEN_FILES = {
-    *REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", RELIABILITY_FILE, "README.md"
+    *REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", RELIABILITY_FILE, "README.md",
+    LEXICAL_FILE,
 }  # fmt: skip
 ADAPTER_TYPES = ("alora", "lora")
 LEFTOVER_KINDS = ("partial", "old", "probe")
@@ -61,6 +63,8 @@ class AdapterInfo:
     # Label probabilities are softmax(loglik / temperature), fitted on the held-out split at the end
     # of training (calibration.py); files written before calibration existed load with 1.0.
     temperature: float = 1.0
+    # The lexical model mixed into the label probabilities (lexical.Readout.describe); None: the adapter alone.
+    lexical: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
 
@@ -156,6 +160,7 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
         ("temperature", positive_number(data.get("temperature", 1.0)), "a finite number above 0"),
         ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
+        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and "temperature" > 0'),
     ]  # fmt: skip
     for name, ok, expected in checks:
         if not ok:

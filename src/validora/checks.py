@@ -16,11 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from validora.lexical import Readout, lexical_text
 from validora.packing import Segment, pack
 from validora.prompting import Format
 from validora.scoring import (
@@ -43,7 +44,9 @@ class Check:
     adapter: str | None
     fmt: Format  # PromptFormat, JudgeFormat: labels, label_ids, invocation_ids, pad_id, room(), encode()
     requirement: str | None
-    temperature: float = 1.0  # the adapter's fitted temperature (calibration.py); 1 for the judge
+    readout: Readout = field(
+        default_factory=Readout
+    )  # the adapter's temperature and lexical model; plain for the judge
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def score_checks(
             with _activate(model, check.adapter):
                 ll = full_loglik(model, check.fmt, [prefixes[i]])
             results[i] = CheckResult(
-                LabelScores.from_loglik(check.fmt.labels, ll[0], check.temperature),
+                check.readout.scores(check.fmt.labels, ll, [lexical_text(item, check.requirement)])[0],
                 time.perf_counter() - started,
             )
     # Checks whose prompts start alike share one cache (adapter prompts start with the output,
@@ -101,14 +104,14 @@ def score_checks(
     for i in shared:
         groups.setdefault(prefixes[i][0], []).append(i)
     for members in groups.values():
-        passed = _shared_pass(model, [checks[i] for i in members], [prefixes[i] for i in members])
+        passed = _shared_pass(model, item, [checks[i] for i in members], [prefixes[i] for i in members])
         for k, r in passed.items():
             results[members[k]] = r
     return [r for r in results if r is not None]
 
 
 def _shared_pass(
-    model: Any, checks: Sequence[Check], prefixes: Sequence[list[int]]
+    model: Any, item: str, checks: Sequence[Check], prefixes: Sequence[list[int]]
 ) -> dict[int, CheckResult]:
     """The common prefix once and every check, in as few forwards as possible.
 
@@ -157,5 +160,8 @@ def _shared_pass(
             fmt = checks[i].fmt
             sums = torch.stack([lp.sum() for lp in row[k : k + len(fmt.labels)]])
             k += len(fmt.labels)
-            out[i] = CheckResult(LabelScores.from_loglik(fmt.labels, sums, checks[i].temperature), share)
+            scores = checks[i].readout.scores(fmt.labels, sums, [lexical_text(item, checks[i].requirement)])[
+                0
+            ]
+            out[i] = CheckResult(scores, share)
     return out

@@ -117,8 +117,9 @@ def files_of(paths: Iterable[str], found: Located) -> list[str]:
     return sorted(p for p in paths if PurePosixPath(p).parent == folder and is_adapter_file(p))
 
 
-# What makes an adapter this adapter: weights, PEFT config, validora.json (labels, temperature, prompt).
-DIGESTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json")
+# What makes an adapter this adapter: weights, PEFT config, validora.json (labels, temperature, prompt),
+# the lexical model (lexical.py).
+DIGESTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "validora.json", "lexical.safetensors")
 
 
 def adapter_digest(adapter: str | Path) -> str:

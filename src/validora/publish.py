@@ -24,8 +24,9 @@ from validora.names import public_name
 MAX_OTHER_BYTES = 10 * 1024 * 1024  # anything this large that is not weights is probably data
 MEMORISATION_WARNING = (
     "This repository will be PUBLIC. Small models fine-tuned on small domain datasets can memorise "
-    "their training examples, and anyone can prompt the adapter to reproduce them: do not publish an "
-    "adapter trained on private or personal data."
+    "their training examples, and anyone can prompt the adapter to reproduce them; its lexical model "
+    "(lexical.safetensors) lists the words and character n-grams of the training texts outright. Do not "
+    "publish an adapter trained on private or personal data."
 )
 
 

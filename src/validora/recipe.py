@@ -56,6 +56,9 @@ class Recipe:
     # Share of the label loss spread uniformly over the vocabulary: on the quality suite it gained on
     # four of six sets (+8 test items of 1171, BENCHMARKS.md "Recipe variants, round 2").
     label_smoothing: float = 0.1
+    # Share of a TF-IDF + logistic-regression model in the label log-probabilities (lexical.py); 0: the
+    # adapter alone. Equal weights: +2.9 points on the quality suite's average (BENCHMARKS.md).
+    lexical_weight: float = 0.5
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     warmup_fraction: float = 0.06
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = never
@@ -69,6 +72,7 @@ class Recipe:
             "val_fraction",
             "dropout",
             "label_smoothing",
+            "lexical_weight",
             "warmup_fraction",
             "cache_memory_gb",
         ):
@@ -87,6 +91,7 @@ class Recipe:
             ("alpha", self.alpha is None or self.alpha > 0, f"must be positive, not {self.alpha}"),
             ("dropout", 0 <= self.dropout < 1, f"must be in [0, 1), not {self.dropout}"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, f"must be in [0, 1), not {self.label_smoothing}"),
+            ("lexical_weight", 0 <= self.lexical_weight < 1, f"must be in [0, 1), not {self.lexical_weight}"),
             ("early_stop", self.early_stop >= 0, f"must be 0 (off) or a number of epochs, not {self.early_stop}"),
             ("warmup_fraction", 0 <= self.warmup_fraction <= 1, f"must be between 0 and 1, not {self.warmup_fraction}"),
             ("eval_batch_size", self.eval_batch_size >= 1, f"must be at least 1, not {self.eval_batch_size}"),

@@ -200,6 +200,16 @@ fitted on the held-out split: expected calibration error **{metrics["val_ece"]:.
 """
 
 
+def _lexical_line(lexical: dict[str, Any] | None) -> str:
+    if not lexical:
+        return "none (the adapter's label probabilities alone)"
+    return (
+        f"TF-IDF ({lexical.get('kind')} n-grams) + logistic regression in `{lexical.get('file')}`, mixed in at "
+        f"weight {lexical['weight']:g} (mixture temperature {lexical['temperature']:.3g}); validora applies it "
+        "wherever it scores labels, other engines that load only the adapter do not"
+    )
+
+
 def model_card(
     info: AdapterInfo,
     metrics: dict[str, Any],
@@ -258,6 +268,7 @@ A {kind} adapter trained with [validora](https://pypi.org/project/validora/) to 
 - **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
 - **Training examples:** {info.training.get("n_train")} (held out for validation: {info.training.get("n_val")})
 - **Probability temperature:** {info.temperature:.3g} ({"fitted on the held-out split: label probabilities are calibrated" if info.temperature != 1 else "none fitted"})
+- **Lexical model:** {_lexical_line(info.lexical)}
 
 ## Held-out metrics (epoch {metrics.get("best_epoch")})
 
@@ -287,6 +298,7 @@ Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):
 ## Data warning
 
 This adapter was trained on a small domain dataset. Small models fine-tuned on small datasets can
-memorise their training examples; do not publish an adapter trained on private data.
+memorise their training examples, and a lexical model (`lexical.safetensors`) lists the words and
+n-grams of the training texts; do not publish an adapter trained on private data.
 """
     return "\n".join(front) + "\n" + body

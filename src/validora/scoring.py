@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from validora.attention import CAUSAL_LEAD
+from validora.lexical import Readout, lexical_text
 from validora.packing import Packed, Segment, pack
 from validora.prompting import PromptFormat
 
@@ -313,8 +314,12 @@ class LabelScores:
         cls, labels: Sequence[str], loglik: torch.Tensor, temperature: float = 1.0
     ) -> LabelScores:
         """Scores from the K label sequence log-likelihoods of one item, at the adapter's temperature."""
-        probs = dict(zip(labels, probabilities(loglik, temperature).tolist(), strict=True))
-        return cls(label=max(probs, key=probs.__getitem__), probs=probs)
+        return cls.from_probs(labels, probabilities(loglik, temperature))
+
+    @classmethod
+    def from_probs(cls, labels: Sequence[str], probs: torch.Tensor) -> LabelScores:
+        values = dict(zip(labels, probs.tolist(), strict=True))
+        return cls(label=max(values, key=values.__getitem__), probs=values)
 
 
 def score_items(
@@ -324,9 +329,11 @@ def score_items(
     requirement: str | None = None,
     *,
     batch_size: int = 8,
-    temperature: float = 1.0,
+    readout: Readout | None = None,
 ) -> list[LabelScores]:
-    """Probability of every label for each item (at `temperature`), prefixes computed once per item."""
+    """Probability of every label for each item (through the adapter's `readout`: its temperature and
+    lexical model; None: plain softmax), prefixes computed once per item."""
+    readout = readout or Readout()
     encoded = [fmt.encode(item, requirement).prefix for item in items]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
     results: list[LabelScores | None] = [None] * len(encoded)
@@ -337,6 +344,7 @@ def score_items(
             ll = label_loglik(model, fmt, prefill(model, batch, fmt.pad_id))
         else:
             ll = full_loglik(model, fmt, batch)
-        for i, row in zip(idx, ll, strict=True):
-            results[i] = LabelScores.from_loglik(fmt.labels, row, temperature)
+        texts = [lexical_text(items[i], requirement) for i in idx]
+        for i, scores in zip(idx, readout.scores(fmt.labels, ll, texts), strict=True):
+            results[i] = scores
     return [r for r in results if r is not None]

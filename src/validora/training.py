@@ -25,6 +25,7 @@ from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, stage
 from validora.calibration import T_MAX, expected_calibration_error, fit_temperature, top_label
 from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import ConfigError, ValidoraError
+from validora.lexical import LEXICAL_FILE, Readout, fit_lexical, lexical_text
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
 from validora.packing import Packed, Segment, pack
@@ -70,6 +71,7 @@ class TrainReport:
     outfile: str | None = None
     temperature: float = 1.0  # fitted on the validation split (calibration.fit_temperature)
     val_ece: float = 0.0  # the best epoch's validation ECE at that temperature (10 bins)
+    lexical: dict[str, Any] | None = None  # Readout.describe() and the mixture's validation accuracy
 
     @property
     def at_chance(self) -> bool:
@@ -331,7 +333,15 @@ class Trainer:
         set_peft_model_state_dict(self.peft, best_state)
         self.model.eval()
         temperature = fit_temperature(best_loglik, self.val_gold)
-        self.val_probs = scoring.probabilities(best_loglik, temperature)  # for the reliability diagram
+        self.readout = self._fit_readout(best_loglik, temperature)
+        val_texts = [lexical_text(e.item, e.requirement) for e in self.val_examples]
+        self.val_probs = self.readout.probabilities(best_loglik, val_texts)  # for the reliability diagram
+        lexical = self.readout.describe()
+        if (
+            lexical is not None
+        ):  # the mixture's own validation accuracy (its kind, C, temperature chosen there)
+            correct = self.val_probs.argmax(-1).cpu() == torch.tensor(self.val_gold)
+            lexical = {**lexical, "val_accuracy": float(correct.float().mean())}
         seconds = time.perf_counter() - started
         self.report = TrainReport(
             epochs=records,
@@ -348,8 +358,23 @@ class Trainer:
             else ("per batch" if self.uses_cache else "off"),
             temperature=temperature,
             val_ece=expected_calibration_error(*top_label(self.val_probs, self.val_gold)),
+            lexical=lexical,
         )
         return self.report
+
+    def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> Readout:
+        """The adapter's temperature and, unless the recipe's lexical_weight is 0, the lexical model mixed
+        in (lexical.py), its n-grams and C and the mixture's temperature chosen on the validation split."""
+        weight = self.recipe.lexical_weight
+        if weight == 0:
+            return Readout(temperature)
+        pairs = [[(lexical_text(e.item, e.requirement), e.label) for e in split] for split in (self.train_examples, self.val_examples)]  # fmt: skip
+        model = fit_lexical(*pairs, self.fmt.labels)
+        if model is None:
+            self.progress.log("No lexical model (a label has no training example): the adapter scores alone.")
+            return Readout(temperature)
+        mixture = Readout(temperature, model, weight).mixture(loglik, [t for t, _ in pairs[1]])
+        return Readout(temperature, model, weight, fit_temperature(mixture, self.val_gold))
 
     def _weights_finite(self) -> bool:
         """Cheap: one fused max-abs per tensor (as clip_grad_norm_ fuses), NaN or inf if any weight is."""
@@ -416,6 +441,7 @@ class Trainer:
                 "val_ece": report.val_ece,
             },
             temperature=report.temperature,
+            lexical=self.readout.describe(),
             validora_version=__version__,
         )
 
@@ -429,6 +455,8 @@ class Trainer:
         info = self.info()
         with staged_directory(target, overwrite=self.config.overwrite) as staging:
             self.peft.save_pretrained(str(staging), safe_serialization=True)
+            if info.lexical is not None and self.readout.lexical is not None:
+                self.readout.lexical.save(staging / LEXICAL_FILE)
             (staging / "validora.json").write_text(info.to_json(), encoding="utf-8")
             write_json(staging / "metrics.json", self.report.to_dict())
             reports.training_curves(self.report, staging / "training_curves.png")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from validora.adapters import AdapterInfo, attach, prompt_format, resolve_adapter_dir
 from validora.errors import ConfigError, DataError
+from validora.lexical import Readout
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
 from validora.prompting import PromptFormat
@@ -21,6 +22,7 @@ class Validator:
     fmt: PromptFormat
     info: AdapterInfo
     path: Path
+    readout: Readout = field(default_factory=Readout)  # temperature and lexical model (lexical.py)
 
     def predict(
         self,
@@ -48,7 +50,7 @@ class Validator:
                 [texts[i] for i in idx],
                 req,
                 batch_size=batch_size,
-                temperature=self.info.temperature,
+                readout=self.readout,
             )
             by_position.update(zip(idx, scored, strict=True))
         return [by_position[i] for i in range(len(texts))]
@@ -99,4 +101,4 @@ def load_validator(
     fmt = prompt_format(info, loaded.tokenizer)
     model = attach(loaded.model, path, "validator")
     model.eval()
-    return Validator(model=model, fmt=fmt, info=info, path=path)
+    return Validator(model=model, fmt=fmt, info=info, path=path, readout=Readout.of_adapter(info, path))

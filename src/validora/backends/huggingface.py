@@ -13,6 +13,7 @@ from validora.adapters import CustomIntrinsicAdapter, attach, prompt_format
 from validora.backends.base import CheckSpec, Generation
 from validora.checks import Check, CheckResult, score_checks
 from validora.errors import AdapterError, ConfigError
+from validora.lexical import Readout
 from validora.models import load_base_model
 from validora.names import same_base_model
 from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
@@ -53,6 +54,7 @@ class LocalHFBackend:
         self._model: Any = self._loaded.model
         self._adapters: dict[str, CustomIntrinsicAdapter] = {}
         self._formats: dict[str, PromptFormat] = {}
+        self._readouts: dict[str, Readout] = {}
         context = getattr(self._model.config, "max_position_embeddings", None) or JUDGE_MAX_LENGTH
         self._judge = JudgeFormat(self.tokenizer, max_length=min(JUDGE_MAX_LENGTH, int(context)))
         self._lock = threading.RLock()
@@ -83,10 +85,12 @@ class LocalHFBackend:
             if adapter.name in self._adapters:
                 raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
             fmt = prompt_format(adapter.info, self.tokenizer)
+            readout = Readout.of_adapter(adapter.info, adapter.path)
             self._model = attach(self._model, adapter.path, adapter.name)
             self._model.eval()
             self._adapters[adapter.name] = adapter
             self._formats[adapter.name] = fmt
+            self._readouts[adapter.name] = readout
 
     def remove_adapter(self, name: str) -> None:
         """Remove an adapter; without adapters left the backend runs the plain base model again."""
@@ -99,7 +103,7 @@ class LocalHFBackend:
                 self._model = self._model.unload()
             else:
                 self._model.delete_adapter(name)
-            del self._adapters[name], self._formats[name]
+            del self._adapters[name], self._formats[name], self._readouts[name]
 
     # ----- generation --------------------------------------------------------------------------------
     def generate(
@@ -149,9 +153,9 @@ class LocalHFBackend:
                 if adapter is not None and not self._adapters[adapter].info.requirements:
                     requirement = None  # a classifier: its prompt holds the text alone, as in training
                 fmt: Format = self._formats[adapter] if adapter is not None else self._judge
-                temperature = self._adapters[adapter].info.temperature if adapter is not None else 1.0
+                readout = self._readouts[adapter] if adapter is not None else Readout()
                 keys.append((adapter, requirement))
-                check = Check(adapter, fmt, requirement, temperature)
+                check = Check(adapter, fmt, requirement, readout)
                 built.setdefault(keys[-1], check)  # identical prompts once
             alora: dict[str | None, bool] = {None: True}
             alora.update({name: a.is_alora for name, a in self._adapters.items()})

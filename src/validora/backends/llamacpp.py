@@ -37,6 +37,7 @@ from validora.backends.base import CheckSpec, Generation
 from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
 from validora.errors import AdapterError
 from validora.export import served_name
+from validora.lexical import Readout, lexical_text
 from validora.llamacpp import LlamaCppError
 from validora.models import load_tokenizer, resolve_base_model
 from validora.names import same_base_model
@@ -52,7 +53,7 @@ class _Served:
     id: int
     task_name: str
     fmt: PromptFormat
-    temperature: float
+    readout: Readout  # its temperature and lexical model (lexical.py), applied as in-process
     requirements: bool  # trained with requirement texts (else its prompt holds the output alone)
     alora: bool  # the server recomputes its invocation for every request (else the prompt's last token)
 
@@ -194,7 +195,12 @@ class LlamaCppBackend:
                 raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
             fmt = prompt_format(info, self.tokenizer)
             self._adapters[adapter.name] = _Served(
-                int(entry["id"]), want, fmt, info.temperature, info.requirements, info.is_alora
+                int(entry["id"]),
+                want,
+                fmt,
+                Readout.of_adapter(info, adapter.path),
+                info.requirements,
+                info.is_alora,
             )
 
     def remove_adapter(self, name: str) -> None:
@@ -263,7 +269,6 @@ class LlamaCppBackend:
     def check(self, output: str, checks: Sequence[CheckSpec]) -> list[Any]:
         """Label probabilities of every check of one output, in order (see the module docstring)."""
         from validora.checks import CheckResult
-        from validora.scoring import LabelScores
 
         with self._lock:
             plans: list[tuple[CheckSpec, Format, _Served | None, list[int], str | None]] = []
@@ -297,8 +302,8 @@ class LlamaCppBackend:
                     self._label_loglik(prompt, fmt.label_ids[label], scales, settle=settle and i == 0)
                     for i, label in enumerate(fmt.labels)
                 ]
-                temperature = served.temperature if served is not None else 1.0
-                scores = LabelScores.from_loglik(fmt.labels, _tensor(loglik), temperature)
+                readout = served.readout if served is not None else Readout()
+                scores = readout.scores(fmt.labels, _tensor(loglik), [lexical_text(output, key[1])])[0]
                 done[key] = CheckResult(scores, time.perf_counter() - started)
             results.append(done[key])
         return results

@@ -121,7 +121,8 @@ def evaluate(
             curve = pr_curve(points, positive)
             reports.precision_recall_curve(curve, plots[2], f"P({label}) on {datafile.name}", found)
     if json_out:
-        data: dict[str, Any] = {**metrics.to_dict(), "ece": ece, "temperature": validator.info.temperature}
+        data: dict[str, Any] = {**metrics.to_dict(), "ece": ece, "temperature": validator.info.temperature,
+                                "lexical": validator.info.lexical}  # fmt: skip
         if found is not None:
             data["threshold"] = found.to_dict(label or "")
         out.print_json(json.dumps(data))
@@ -129,6 +130,11 @@ def evaluate(
     tables = metrics_tables(metrics, f"{adapter} on {datafile}")
     tables[0].add_row("ECE (10 bins)", f"{ece:.3f}")
     tables[0].add_row("temperature", f"{validator.info.temperature:.3g}")
+    if (lex := validator.info.lexical) is not None:
+        tables[0].add_row(
+            "lexical model",
+            f"{lex.get('kind', '?')}, weight {lex['weight']:g}, temperature {lex['temperature']:.3g}",
+        )
     for table in tables:
         out.print(table)
     if found is not None:

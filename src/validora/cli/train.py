@@ -109,6 +109,14 @@ def train(
             rich_help_panel=OPT,
         ),
     ] = _D["label_smoothing"],
+    lexical_weight: Annotated[
+        float,
+        typer.Option(
+            help="Share of a TF-IDF + logistic-regression model trained beside the adapter in the label "
+            "probabilities (0: the adapter alone).",
+            rich_help_panel=OPT,
+        ),
+    ] = _D["lexical_weight"],
     early_stop: Annotated[
         int,
         typer.Option(help="Stop after this many epochs without improvement (0: never).", rich_help_panel=OPT),
@@ -173,6 +181,12 @@ def train(
         report.metrics, f"Held-out validation, epoch {report.best_epoch} of {len(report.epochs)}"
     ):
         console.print(table)
+    if report.lexical is not None:
+        lex = report.lexical
+        console.print(
+            f"Mixed with a lexical model ({lex['kind']} n-grams, C {lex['C']:g}, weight {lex['weight']:g}): "
+            f"held-out accuracy {lex['val_accuracy']:.3f} (its settings were chosen on that split)."
+        )
     console.print(
         f"{report.n_train} training examples, {report.examples_per_second:.1f} examples/s "
         f"({report.train_seconds:.0f} s training, {report.cache_seconds:.0f} s caching prefixes; prefix cache {report.prefix_cache})."
