@@ -221,7 +221,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads = llama-server threads (-t)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent clients per run")
     parser.add_argument(
-        "--parallel", type=int, default=None, help="llama-server slots (default: most clients)"
+        "--parallel",
+        type=int,
+        default=None,
+        help="llama-server slots (default 1; more reproduce llama.cpp's batched-aLoRA bug: labels disagree)",
     )
     parser.add_argument(
         "--judge", action="store_true", help="also rows with a second check: the base-model judge"
@@ -242,14 +245,18 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     began = time.perf_counter()
-    parallel = args.parallel or max(args.clients)
+    parallel = (
+        args.parallel or 1
+    )  # several slots give aLoRA checks wrong labels (llamacpp.PARALLEL_ALORA_BUG)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
-    serving = serve([args.adapter], parallel=parallel, threads=args.threads)
+    serving = serve(
+        [args.adapter], parallel=parallel, threads=args.threads, unsafe_parallel_alora=parallel > 1
+    )
     try:
         local = LocalHFBackend(device="cpu")
-        remote = TimedLlamaCppBackend(serving.url)
+        remote = TimedLlamaCppBackend(serving.url, unsafe_parallel_alora=parallel > 1)
         adapter = CustomIntrinsicAdapter(str(args.adapter))
         local.add_adapter(adapter)
         remote.add_adapter(adapter)

@@ -401,3 +401,20 @@ def test_a_server_running_another_base_model_is_refused(llama_server, tmp_path):
     refused = pytest.raises(LlamaCppError, match=r"runs other-model\.gguf, not this backend's base model")
     with start_server(llama_server, other, [], **QUICK) as running, refused:
         LlamaCppBackend(running.url)
+
+
+def test_several_slots_are_refused_for_alora_adapters(trained_adapter, llama_server, tmp_path):
+    """llama.cpp@0c1e57098 batches slots with the wrong adapter scales (llamacpp.PARALLEL_ALORA_BUG):
+    `serve` refuses --parallel > 1 for aLoRA adapters, and the backend a server with several slots."""
+    from validora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel 2 is refused for aLoRA adapters") as err:
+        serve.serve([trained_adapter], parallel=2)
+    assert err.value.option == "parallel"
+    ours = export_gguf(trained_adapter, tmp_path / "ours.gguf")
+    with start_server(llama_server, embedded_gguf_path(), [ours], parallel=2, **QUICK) as running:
+        with pytest.raises(LlamaCppError, match="runs 2 parallel slots"):
+            LlamaCppBackend(running.url).add_adapter(CustomIntrinsicAdapter(model_id=str(trained_adapter)))
+        unsafe = LlamaCppBackend(running.url, unsafe_parallel_alora=True)  # the benchmark's way to show it
+        unsafe.add_adapter(CustomIntrinsicAdapter(model_id=str(trained_adapter)))
+        assert unsafe.adapter_labels()

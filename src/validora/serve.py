@@ -26,7 +26,7 @@ from pathlib import Path
 from validora.adapters import AdapterInfo, resolve_adapter_dir
 from validora.errors import ConfigError, ModelError
 from validora.export import conversion_hint, export_gguf
-from validora.llamacpp import LlamaCppError, Server, ensure_server, start_server
+from validora.llamacpp import PARALLEL_ALORA_BUG, LlamaCppError, Server, ensure_server, start_server
 from validora.models import BaseModelSpec, resolve_base_model
 
 
@@ -154,15 +154,23 @@ def serve(
     threads: int | None = None,
     jobs: int | None = None,
     say: Callable[[str], None] | None = None,
+    unsafe_parallel_alora: bool = False,
 ) -> Serving:
     """Export `adapters`, find or build llama-server, start it on their base GGUF with every adapter at
     scale 0 and wait until it answers; `ctx_size` is per parallel slot, `jobs` the cores of a first
-    build (default: build_jobs()). Stop it with `Serving.stop()`."""
+    build (default: build_jobs()). Stop it with `Serving.stop()`. `unsafe_parallel_alora` lets aLoRA
+    adapters run on several slots despite PARALLEL_ALORA_BUG (benchmarks/serve_throughput.py shows it)."""
     if parallel < 1:
         raise ConfigError(f"parallel must be at least 1, not {parallel}.", option="parallel")
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, not {port}.", option="port")
     chosen = plan(adapters, basemodel=basemodel)
+    if parallel > 1 and any(info.is_alora for info in chosen.infos) and not unsafe_parallel_alora:
+        raise ConfigError(
+            f"parallel {parallel} is refused for aLoRA adapters: {PARALLEL_ALORA_BUG}. Serve them with "
+            "parallel 1 (concurrent requests then queue and every label is right).",
+            option="parallel",
+        )
     if port is not None:
         check_port(host, port)
     binary = ensure_server(jobs=jobs or build_jobs(), **({"say": say} if say else {}))

@@ -38,7 +38,7 @@ from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
 from validora.errors import AdapterError
 from validora.export import served_name
 from validora.lexical import Readout, lexical_text
-from validora.llamacpp import LlamaCppError
+from validora.llamacpp import PARALLEL_ALORA_BUG, LlamaCppError
 from validora.models import load_tokenizer, resolve_base_model
 from validora.names import same_base_model
 from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
@@ -74,6 +74,7 @@ class LlamaCppBackend:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         trust_remote_code: bool = False,
+        unsafe_parallel_alora: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
@@ -82,6 +83,8 @@ class LlamaCppBackend:
         self.model_options = {**DEFAULT_OPTIONS, **check_options(model_options)}
         self.default_to_constraint_checking_alora = True
         props = self._request("/props", None)
+        self._slots = int(props.get("total_slots", 1)) if isinstance(props, dict) else 1
+        self._unsafe_parallel = unsafe_parallel_alora
         served = Path(str(props.get("model_path", ""))).name if isinstance(props, dict) else ""
         if spec.location.endswith(".gguf") and served and served != Path(spec.location).name:
             raise LlamaCppError(
@@ -182,6 +185,12 @@ class LlamaCppBackend:
                 "`m alora export` writes to llama-server with --lora)."
             )
         info = adapter.info
+        if info.is_alora and self._slots > 1 and not self._unsafe_parallel:
+            raise LlamaCppError(
+                f"llama-server at {self.base_url} runs {self._slots} parallel slots, which gives aLoRA "
+                f"checks wrong labels: {PARALLEL_ALORA_BUG}. Start it with --parallel 1 (`m alora serve` "
+                "does); concurrent checks then queue."
+            )
         if info.is_alora:
             shifted = list(info.prompt["invocation_ids"])[1:]
             if entry.get("alora_invocation_tokens") != shifted:

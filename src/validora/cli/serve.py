@@ -25,7 +25,11 @@ def serve(
         str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
     parallel: Annotated[
-        int, typer.Option(help="Requests the server runs at once (llama-server's slots).")
+        int,
+        typer.Option(
+            help="Requests the server runs at once (llama-server's slots); aLoRA adapters need 1: this "
+            "llama.cpp gives them wrong labels when it batches several slots (others then queue)."
+        ),
     ] = 1,
     ctx_size: Annotated[int, typer.Option(help="Context length of each slot, in tokens.")] = 4096,
     threads: Annotated[
