@@ -1,6 +1,7 @@
 """The CLI around a trained adapter: predict, eval, help, errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,13 @@ def test_bad_flag_values_are_clear_errors(small_data: Path, tmp_path: Path):
 
 
 def test_predict_file_uses_each_lines_requirement(trained_adapter: Path, tmp_path: Path):
+    """An adapter trained with requirement texts gets each line's in its prompt (this copy is marked so:
+    the plumbing is what is tested); the classifier itself scores the text alone, with a warning."""
     runner = CliRunner()
+    classifier = trained_adapter
+    trained_adapter = shutil.copytree(classifier, tmp_path / "with-requirements")
+    info = json.loads((trained_adapter / "validora.json").read_text())
+    (trained_adapter / "validora.json").write_text(json.dumps({**info, "requirements": True}))
     lines = tmp_path / "notes.jsonl"
     note = "Knock at 3100 RPM."
     lines.write_text(
@@ -115,3 +122,8 @@ def test_predict_file_uses_each_lines_requirement(trained_adapter: Path, tmp_pat
     )
     assert json.loads(direct.stdout)["probs"] == pytest.approx(with_req, abs=1e-5)
     assert with_req != pytest.approx(plain, abs=1e-5)  # the requirement line really changed the prompt
+    alone = runner.invoke(app, ["alora", "predict", str(classifier), "--file", str(lines), "--jsonl"])
+    assert alone.exit_code == 0, alone.output
+    first, second = [json.loads(line)["probs"] for line in alone.stdout.splitlines()]
+    assert first == pytest.approx(second, abs=1e-6)  # the requirement did not reach the prompt
+    assert "trained without requirement texts" in alone.output

@@ -389,8 +389,8 @@ class ServerScorer:
     Connecting and finding the adapter happen here, so a server that is not there, or that does not serve
     this adapter, fails before any output is written; a server lost later raises `LlamaCppError` from the
     call, after the batches before it are on disk. A text's requirement reaches the adapter's prompt only
-    when it was trained with requirements (as in programs, `LlamaCppBackend.check`); in-process `predict`
-    puts it in every prompt, so for other adapters the first requirement seen brings a warning.
+    when it was trained with requirements (as in programs, `LlamaCppBackend.check` and in-process
+    `Validator.predict`); for other adapters the first requirement seen brings a warning.
     """
 
     def __init__(
@@ -433,9 +433,8 @@ class ServerScorer:
         if self._ignores_requirements and any(r is not None for r in requirements):
             self._ignores_requirements = False  # said once
             warnings.warn(
-                f"adapter {self.name!r} was trained without requirement texts: llama-server scores each "
-                "text alone, as programs do, and ignores the requirement (in-process `predict` puts it "
-                "in the prompt, so those rows can differ).",
+                f"adapter {self.name!r} was trained without requirement texts: each text is scored alone "
+                "and its requirement ignored (as in programs).",
                 stacklevel=2,
             )
         if self._pool is None:

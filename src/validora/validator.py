@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +36,22 @@ class Validator:
         """Label probabilities for each text, at the adapter's fitted temperature; each text's prefix
         is computed once for all labels.
 
-        `requirements` gives each text its own requirement (None: `requirement`).
+        `requirements` gives each text its own requirement (None: `requirement`); an adapter trained
+        without requirement texts ignores them, with a warning.
         """
         check_batch_size(batch_size)
         if requirements is not None and len(requirements) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(requirements)} requirements; give one per text.")
         reqs = [r if r is not None else requirement for r in requirements or [None] * len(texts)]
+        if not self.info.requirements and any(r is not None for r in reqs):
+            # A classifier's training prompts held the text alone: scored as programs and llama-server
+            # score it, not with a requirement line it never saw.
+            warnings.warn(
+                f"{self.path.name} was trained without requirement texts: each text is scored alone and "
+                "its requirement ignored (as in programs).",
+                stacklevel=2,
+            )
+            reqs = [None] * len(texts)
         by_position: dict[int, LabelScores] = {}
         for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
             idx = [i for i, r in enumerate(reqs) if r == req]
