@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
 from validora.backends.huggingface import LocalHFBackend
+from validora.calibration import fit_temperature
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
 from validora.lexical import C_GRID, KINDS, LEXICAL_FILE, LexicalModel, Readout, fit_lexical, lexical_text
@@ -28,12 +29,14 @@ LABELS = ["rod", "carb", "rings"]  # not sklearn's sorted order
 
 def test_fit_save_load_keeps_the_adapters_label_order(tmp_path):
     model = LexicalModel.fit("word 1-2", 10.0, TEXTS, GOLD, LABELS)
+    model.temperature = 1.5
     lp = model.logprobs(TEXTS)
     assert lp.shape == (12, 3)
     assert torch.allclose(lp.exp().sum(-1), torch.ones(12), atol=1e-5)
     assert [LABELS[i] for i in lp.argmax(-1)] == GOLD  # columns follow LABELS, not sklearn's classes_
     model.save(tmp_path / LEXICAL_FILE)
     back = LexicalModel.load(tmp_path / LEXICAL_FILE, LABELS)
+    assert back.temperature == 1.5
     assert torch.equal(
         back.logprobs(["a knock and some oil smoke"]), model.logprobs(["a knock and some oil smoke"])
     )
@@ -62,6 +65,12 @@ def test_fit_lexical_chooses_on_validation_and_needs_every_label():
     val = list(zip(TEXTS[3::4], GOLD[3::4], strict=True))
     chosen = fit_lexical(fit, val, LABELS)
     assert chosen is not None and chosen.kind in KINDS and chosen.c in C_GRID
+    # Its temperature is fitted on the validation split, as the adapter's is (calibration.py).
+    gold = [LABELS.index(g) for _, g in val]
+    texts = [t for t, _ in val]
+    assert chosen.temperature == fit_temperature(chosen._logits(texts).float(), gold) != 1.0
+    want = torch.log_softmax(chosen._logits(texts) / chosen.temperature, -1).float()
+    assert torch.allclose(chosen.logprobs(texts), want)
 
     def val_score(kind, c):
         lp = LexicalModel.fit(kind, c, *zip(*fit, strict=True), LABELS).logprobs([t for t, _ in val]).double()

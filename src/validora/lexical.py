@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from validora.calibration import fit_temperature
 from validora.errors import AdapterError
 
 LEXICAL_FILE = "lexical.safetensors"
@@ -61,6 +62,9 @@ class LexicalModel:
     idf: np.ndarray  # [V]
     coef: np.ndarray  # [K, V], rows in `labels` order
     intercept: np.ndarray  # [K]
+    # Fitted on the validation split like the adapter's (calibration.py): a model that is confidently
+    # wrong there (n-grams cannot read a requirement against an item) is flattened before it is mixed in.
+    temperature: float = 1.0
 
     @cached_property
     def _features(self) -> Any:
@@ -71,9 +75,11 @@ class LexicalModel:
 
     def logprobs(self, texts: Sequence[str]) -> torch.Tensor:
         """[N, K] log-probabilities of the labels for each text (from `lexical_text`)."""
+        return torch.log_softmax(self._logits(texts) / self.temperature, dim=-1).float()
+
+    def _logits(self, texts: Sequence[str]) -> torch.Tensor:
         x = self._features.transform(list(texts))
-        z = np.asarray(x @ self.coef.T) + self.intercept
-        return torch.log_softmax(torch.from_numpy(z).double(), dim=-1).float()
+        return torch.from_numpy(np.asarray(x @ self.coef.T) + self.intercept).double()
 
     @classmethod
     def fit(
@@ -99,6 +105,7 @@ class LexicalModel:
         meta = {
             "kind": self.kind,
             "c": repr(self.c),
+            "temperature": repr(self.temperature),
             "labels": json.dumps(self.labels),
             "terms": json.dumps(self.terms),
         }
@@ -119,6 +126,7 @@ class LexicalModel:
                 json.loads(meta["labels"]),
                 json.loads(meta["terms"]),
                 **tensors,
+                temperature=float(meta.get("temperature", "1.0")),
             )
         except (OSError, KeyError, ValueError, TypeError, SafetensorError) as exc:
             raise AdapterError(f"{path} is not a readable lexical model: {exc}") from None
@@ -132,7 +140,8 @@ class LexicalModel:
 def fit_lexical(
     fit: Sequence[tuple[str, str]], val: Sequence[tuple[str, str]], labels: Sequence[str]
 ) -> LexicalModel | None:
-    """Choose the n-gram kind and C on the validation split (accuracy, then log-loss), fit on `fit`.
+    """Choose the n-gram kind and C on the validation split (accuracy, then log-loss), fit on `fit`,
+    and fit its temperature there too.
 
     `fit` and `val` are (text, label) pairs. None when a label has no training text: the model could
     never vote for it.
@@ -155,7 +164,11 @@ def fit_lexical(
             )
             if best is None or score > best[0]:  # the first on a tie: the grid order decides
                 best = (score, model)
-    return best[1] if best else None
+    if best is None:
+        return None
+    model = best[1]
+    model.temperature = fit_temperature(model._logits([t for t, _ in val]).float(), val_gold.tolist())
+    return model
 
 
 def valid_description(v: Any) -> bool:
