@@ -121,7 +121,7 @@ def test_a_trained_adapter_carries_its_lexical_model_and_predict_applies_it(trai
     alone = score_items(validator.model, validator.fmt, NOTES, readout=Readout(info.temperature))
     p_adapter = torch.tensor([[s.probs[k] for k in validator.fmt.labels] for s in alone])
     lexical = LexicalModel.load(trained_adapter / LEXICAL_FILE, info.labels).logprobs(NOTES)
-    w, t = info.lexical["weight"], info.lexical["temperature"]
+    w, t = info.lexical["weight"], info.lexical["mixture_temperature"]
     want = torch.softmax(((1 - w) * p_adapter.log() + w * lexical) / t, -1)
     have = torch.tensor([[s.probs[k] for k in validator.fmt.labels] for s in got])
     assert torch.allclose(have, want, atol=1e-4)

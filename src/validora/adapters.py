@@ -160,7 +160,7 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
         ("temperature", positive_number(data.get("temperature", 1.0)), "a finite number above 0"),
         ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
-        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and "temperature" > 0'),
+        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and "mixture_temperature" > 0'),
     ]  # fmt: skip
     for name, ok, expected in checks:
         if not ok:

@@ -176,7 +176,7 @@ def valid_description(v: Any) -> bool:
     if v is None:
         return True
     weight = v.get("weight") if isinstance(v, dict) else None
-    temperature = v.get("temperature") if isinstance(v, dict) else None
+    temperature = v.get("mixture_temperature") if isinstance(v, dict) else None
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature))
     return numbers and 0 <= weight < 1 and 0 < temperature < float("inf")
 
@@ -215,7 +215,7 @@ class Readout:
         if self.lexical is None or self.weight == 0:
             return None
         return {"file": LEXICAL_FILE, "kind": self.lexical.kind, "C": self.lexical.c, "weight": self.weight,
-                "temperature": self.mixed_temperature}  # fmt: skip
+                "mixture_temperature": self.mixed_temperature}  # fmt: skip
 
     @classmethod
     def of_adapter(cls, info: Any, directory: str | Path) -> Readout:
@@ -224,4 +224,4 @@ class Readout:
         if not lexical:
             return cls(info.temperature)
         model = LexicalModel.load(Path(directory) / LEXICAL_FILE, info.labels)
-        return cls(info.temperature, model, float(lexical["weight"]), float(lexical["temperature"]))
+        return cls(info.temperature, model, float(lexical["weight"]), float(lexical["mixture_temperature"]))

@@ -205,7 +205,7 @@ def _lexical_line(lexical: dict[str, Any] | None) -> str:
         return "none (the adapter's label probabilities alone)"
     return (
         f"TF-IDF ({lexical.get('kind')} n-grams) + logistic regression in `{lexical.get('file')}`, mixed in at "
-        f"weight {lexical['weight']:g} (mixture temperature {lexical['temperature']:.3g}); validora applies it "
+        f"weight {lexical['weight']:g} (mixture temperature {lexical['mixture_temperature']:.3g}); validora applies it "
         "wherever it scores labels, other engines that load only the adapter do not"
     )
 

@@ -133,7 +133,7 @@ def evaluate(
     if (lex := validator.info.lexical) is not None:
         tables[0].add_row(
             "lexical model",
-            f"{lex.get('kind', '?')}, weight {lex['weight']:g}, temperature {lex['temperature']:.3g}",
+            f"{lex.get('kind', '?')}, weight {lex['weight']:g}, mixture temperature {lex['mixture_temperature']:.3g}",
         )
     for table in tables:
         out.print(table)
