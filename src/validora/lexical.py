@@ -192,17 +192,24 @@ class Readout:
     weight: float = 0.0
     mixed_temperature: float = 1.0
 
+    @property
+    def mixes(self) -> bool:
+        return self.lexical is not None and self.weight > 0
+
     def mixture(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """[N, K] unnormalised log-scores before the mixture's temperature (what calibration fits)."""
         adapter = torch.log_softmax(loglik.float() / self.temperature, dim=-1)
-        if self.lexical is None or self.weight == 0:
+        if not self.mixes:
             return adapter
+        assert self.lexical is not None
         return (1 - self.weight) * adapter + self.weight * self.lexical.logprobs(texts).to(adapter.device)
 
     def probabilities(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """[N, K] label probabilities of N items (`loglik` [N, K]; `texts` from `lexical_text`)."""
-        mixed = self.lexical is not None and self.weight > 0
-        return torch.softmax(self.mixture(loglik, texts) / (self.mixed_temperature if mixed else 1.0), dim=-1)
+        """[N, K] label probabilities of N items (`loglik` [N, K]; `texts` from `lexical_text`, unread
+        without a lexical model: then it is softmax(loglik / temperature))."""
+        if not self.mixes:
+            return torch.softmax(loglik.float() / self.temperature, dim=-1)
+        return torch.softmax(self.mixture(loglik, texts) / self.mixed_temperature, dim=-1)
 
     def scores(self, labels: Sequence[str], loglik: torch.Tensor, texts: Sequence[str]) -> list[Any]:
         from validora.scoring import LabelScores
@@ -212,7 +219,7 @@ class Readout:
 
     def describe(self) -> dict[str, Any] | None:
         """validora.json's "lexical" object (None without a lexical model)."""
-        if self.lexical is None or self.weight == 0:
+        if not self.mixes or self.lexical is None:
             return None
         return {"file": LEXICAL_FILE, "kind": self.lexical.kind, "C": self.lexical.c, "weight": self.weight,
                 "mixture_temperature": self.mixed_temperature}  # fmt: skip

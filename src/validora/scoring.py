@@ -298,7 +298,7 @@ def full_loglik(model: Any, fmt: PromptFormat, prefixes: Sequence[Sequence[int]]
 def probabilities(loglik: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Softmax over the K label sequence log-likelihoods divided by the adapter's fitted temperature
     (calibration.py): the ranking stays, the confidence matches held-out accuracy."""
-    return torch.softmax(loglik.float() / temperature, dim=-1)
+    return Readout(temperature).probabilities(loglik, ())
 
 
 @dataclass(frozen=True)
