@@ -39,22 +39,35 @@ def derive_invocation_prompt(tokenizer: Any) -> str:
     """The header of a `check_requirement` turn in the model's own chat template.
 
     Rendered as the text between a one-message conversation and the same conversation plus a
-    `check_requirement` message, up to that message's content; Granite's string when the model has
-    no template or its template refuses the role.
+    `check_requirement` message, up to that message's content. A template that renders only the
+    roles it knows (Qwen2.5's drops any other) gives a user turn's header with the role's name
+    replaced, as its own rendering of the role would read. Granite's string when the model has no
+    template or neither way gives a header naming the role.
     """
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
+    if not getattr(tokenizer, "chat_template", None):
         return GRANITE_INVOCATION
+    header = _turn_header(tokenizer, ROLE)
+    if header is None:
+        user = _turn_header(tokenizer, "user")
+        if user is not None and user.count("user") == 1:
+            header = user.replace("user", ROLE)
+    return header if header is not None and ROLE in header else GRANITE_INVOCATION
+
+
+def _turn_header(tokenizer: Any, role: str) -> str | None:
+    """The text a template puts before the content of a `role` message that follows a user message."""
     base = [{"role": "user", "content": "x"}]
     try:
         before = tokenizer.apply_chat_template(base, tokenize=False)
-        after = tokenizer.apply_chat_template([*base, {"role": ROLE, "content": _SENTINEL}], tokenize=False)
+        after = tokenizer.apply_chat_template([*base, {"role": role, "content": _SENTINEL}], tokenize=False)
     except Exception:
-        return GRANITE_INVOCATION
-    if not isinstance(before, str) or not after.startswith(before) or _SENTINEL not in after:
-        return GRANITE_INVOCATION
+        return None
+    if not isinstance(before, str) or not isinstance(after, str) or not after.startswith(before):
+        return None
+    if _SENTINEL not in after:
+        return None
     header = after[len(before) : after.index(_SENTINEL)]
-    return header if ROLE in header else GRANITE_INVOCATION
+    return header if role in header else None
 
 
 def load_promptfile(path: str | Path) -> str:

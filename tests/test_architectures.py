@@ -1,0 +1,190 @@
+"""Other base-model families end to end, offline: Granite, Qwen2 and Llama, as tiny random models.
+
+Each family's model directory (tests/tiny_models.py: its architecture and quirks, its special tokens
+and its real chat template) goes the whole way a user's base model goes: `m alora train` with aLoRA
+and with LoRA, the derived invocation prompt, shared-prefix scoring against the textbook full forward,
+a `Session` check, `m alora upload --intrinsic` to the local test Hub and back, and `m alora export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from gguf import GGUFReader
+from typer.testing import CliRunner
+
+from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
+from validora.adapters import AdapterInfo
+from validora.cli import app
+from validora.export import export_gguf
+from validora.lexical import Readout, lexical_text
+from validora.models import load_base_model
+from validora.prompting import PromptFormat, derive_invocation_prompt
+from validora.scoring import score_items
+
+from . import tiny_models
+from .conftest import LABELS, engine_rows, write_jsonl
+from .fake_hub import USER
+from .test_scoring import ITEMS, naive_loglik, random_adapter
+
+FAMILIES = list(tiny_models.FAMILIES)
+REQ = "The failure mode must not be 'no_failure'."
+
+
+def m(*args: object):
+    return CliRunner().invoke(app, ["alora", *map(str, args)])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory) -> tuple[str, Path]:
+    """One family's tiny model directory (the tests below run family by family)."""
+    return request.param, tiny_models.build(request.param, tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def adapters(family, tmp_path_factory) -> dict[str, Path]:
+    """An aLoRA and a LoRA adapter trained on the family's model through the CLI, one epoch each."""
+    name, base = family
+    root = tmp_path_factory.mktemp(f"{name}-adapters")
+    data = write_jsonl(root / "data.jsonl", engine_rows(4))
+    out = {}
+    for kind in ("alora", "lora"):
+        out[kind] = root / kind
+        result = m("train", data, "--basemodel", base, "--outfile", out[kind], "--adapter", kind,
+                   "--epochs", 1, "--device", "cpu", "--seed", 1, "--learning-rate", 1e-3)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    return out
+
+
+def test_templates_are_the_published_ones():
+    """The embedded templates are byte for byte llama.cpp's copies of the models' own (when cached)."""
+    from validora import llamacpp
+
+    tree = llamacpp.source_tree() / "models" / "templates"
+    if not tree.is_dir():
+        pytest.skip("llama.cpp's sources are not in the validora cache")
+    for family in tiny_models.FAMILIES.values():
+        assert (tree / family.template_file).read_text(encoding="utf-8") == family.template
+
+
+def test_invocation_prompt_is_the_family_header(family, adapters):
+    name, base = family
+    spec = tiny_models.FAMILIES[name]
+    loaded = load_base_model(str(base), device="cpu")
+    assert type(loaded.model).__name__ == spec.architecture
+    assert derive_invocation_prompt(loaded.tokenizer) == spec.header
+    fmt = PromptFormat(loaded.tokenizer, LABELS)
+    first = spec.header[: spec.header.index(">") + 1]  # the header's opening special token
+    assert fmt.invocation_ids[0] == loaded.tokenizer.convert_tokens_to_ids(first)
+    assert fmt.eos_id == loaded.tokenizer.convert_tokens_to_ids(spec.eos)
+    assert fmt.lead_ids == ([loaded.tokenizer.convert_tokens_to_ids(spec.bos)] if spec.add_bos else [])
+    for kind, path in adapters.items():
+        info = AdapterInfo.read(path)
+        assert info.prompt["invocation_prompt"] == spec.header, kind
+        assert info.prompt["invocation_ids"] == fmt.invocation_ids
+        assert info.base_model == str(base.resolve())
+    if name == "granite":
+        assert spec.header == "<|start_of_role|>check_requirement<|end_of_role|>"
+
+
+@pytest.mark.parametrize("alora", [True, False], ids=["alora", "lora"])
+def test_shared_prefix_scores_equal_full_sequence_scores(family, alora):
+    _, base = family
+    loaded = load_base_model(str(base), device="cpu")
+    fmt = PromptFormat(loaded.tokenizer, LABELS)
+    model = random_adapter(loaded.model, fmt, alora)
+    with torch.no_grad():  # a tiny model needs a stronger adapter to move its scores visibly
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.mul_(10)
+    got = score_items(model, fmt, ITEMS, REQ, batch_size=3)
+    for item, scores in zip(ITEMS, got, strict=True):
+        naive = torch.softmax(naive_loglik(model, fmt, item, REQ, alora), -1)
+        assert torch.allclose(torch.tensor([scores.probs[label] for label in LABELS]), naive, atol=1e-4)
+    with model.disable_adapter():  # not vacuous: the adapter changes the scores
+        plain = naive_loglik(model, fmt, ITEMS[1], REQ, alora=False)
+    assert (naive_loglik(model, fmt, ITEMS[1], REQ, alora) - plain).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora"])
+def test_session_check_with_the_trained_adapter(family, adapters, kind):
+    _, base = family
+    backend = LocalHFBackend(model_id=str(base), device="cpu")
+    adapter = CustomIntrinsicAdapter(model_id=str(adapters[kind]))
+    backend.add_adapter(adapter)
+    session = Session(backend, ctx=ChatContext())
+    result = session.instruct(
+        "Write a triage summary of this note: {{note}}",
+        user_variables={"note": "Knock at 3100 RPM."},
+        requirements=[req(REQ)],
+        model_options={"max_new_tokens": 6},
+    )
+    (v,) = result.validations
+    assert v.adapter == adapter.name and set(v.probs) == set(LABELS)
+    assert v.score == pytest.approx(1 - v.probs["no_failure"], abs=1e-6)
+    # The backend's packed check is the textbook full forward through the adapter on the same prompt.
+    info = AdapterInfo.read(adapters[kind])
+    fmt = PromptFormat(backend.tokenizer, LABELS, info.prompt["invocation_prompt"])
+    backend._model.set_adapter(adapter.name)
+    naive = naive_loglik(backend._model, fmt, result.text, None, kind == "alora")
+    (want,) = Readout.of_adapter(info, adapters[kind]).scores(
+        LABELS, naive[None], [lexical_text(result.text)]
+    )
+    (direct,) = backend.check(result.text, [(adapter.name, REQ)])
+    assert direct.scores.probs == pytest.approx(want.probs, abs=1e-4)
+    assert direct.scores.probs == pytest.approx(v.probs, abs=1e-6)
+
+
+def test_upload_intrinsic_and_load_back(family, adapters, hub):
+    name, _ = family
+    repo = f"{USER}/{name}-check"
+    result = m("upload", adapters["alora"], "--name", repo, "--intrinsic", "--intrinsic-name", "failure_mode")
+    assert result.exit_code == 0, result.output
+    files = hub.files(repo)
+    assert any(f.endswith("/alora/adapter_model.safetensors") for f in files), sorted(files)
+    loaded = CustomIntrinsicAdapter(model_id=repo, intrinsic_name="failure_mode")
+    assert loaded.is_alora and loaded.labels == LABELS
+    assert (loaded.path / "adapter_model.safetensors").read_bytes() == (
+        adapters["alora"] / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora"])
+def test_export(family, adapters, kind, tmp_path):
+    name, base = family
+    out = tmp_path / f"{name}-{kind}.gguf"
+    result = m("export", adapters[kind], "--outfile", out, "--same-as-converter")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    aloras = GGUFReader(out).fields.get("adapter.alora.invocation_tokens")
+    assert (aloras is not None) == (kind == "alora")
+    if kind == "lora":
+        return  # one converter run per family: the tensors take the same path for both kinds
+    from validora import llamacpp
+
+    tree = llamacpp.source_tree()
+    if not (tree / "convert_lora_to_gguf.py").is_file():
+        pytest.skip("llama.cpp's converter is not in the validora cache")
+    official = tmp_path / "official.gguf"
+    done = subprocess.run(
+        [sys.executable, str(tree / "convert_lora_to_gguf.py"), "--base", str(base),
+         "--outfile", str(official), str(adapters[kind])],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == official.read_bytes()
+
+
+def test_export_refusal_names_the_architecture(adapters, tmp_path):
+    base = tmp_path / "gemma"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"architectures": ["Gemma2ForCausalLM"]}))
+    result = m("export", adapters["alora"], "--outfile", tmp_path / "x.gguf", "--basemodel", base)
+    assert result.exit_code != 0 and "Gemma2ForCausalLM" in result.output
+    assert export_gguf  # the library call is what the CLI runs
