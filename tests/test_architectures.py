@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.adapters import AdapterInfo
 from validora.cli import app
+from validora.errors import ModelError
 from validora.export import export_gguf
 from validora.lexical import Readout, lexical_text
 from validora.models import load_base_model
@@ -188,3 +189,34 @@ def test_export_refusal_names_the_architecture(adapters, tmp_path):
     result = m("export", adapters["alora"], "--outfile", tmp_path / "x.gguf", "--basemodel", base)
     assert result.exit_code != 0 and "Gemma2ForCausalLM" in result.output
     assert export_gguf  # the library call is what the CLI runs
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 64}, "T5ForConditionalGeneration"),
+        ({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]}, "MysteryForCausalLM"),
+    ],
+    ids=["encoder-decoder", "unknown"],
+)  # fmt: skip
+def test_a_base_model_that_is_no_causal_lm_is_refused_by_name(config, named, tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(config))
+    data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
+    result = m("train", data, "--basemodel", base, "--outfile", tmp_path / "out", "--device", "cpu")
+    assert (result.exit_code != 0 and result.exception is None) or isinstance(result.exception, SystemExit)
+    assert named in result.stderr and "Traceback" not in result.output
+    with pytest.raises(ModelError, match=named):
+        LocalHFBackend(model_id=str(base), device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_model_without_tokenizer_files_is_a_clear_error(family, tmp_path):
+    _, base = family
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).symlink_to(base / name)
+    with pytest.raises(ModelError, match="tokenizer files"):
+        load_base_model(str(bare), device="cpu")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -244,6 +245,20 @@ def load_tokenizer(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> A
         tokenizer = AutoTokenizer.from_pretrained(local_files(spec), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelError(_load_hint(spec, exc)) from exc
+    except ValueError as exc:  # transformers' word for "no tokenizer files here" (a weights-only folder)
+        raise ModelError(
+            f"Could not load the tokenizer of base model {spec.name!r}: {str(exc).splitlines()[0]} "
+            "Its directory or repository needs the tokenizer files (tokenizer.json, tokenizer_config.json) "
+            "saved with the model."
+        ) from exc
+    if not tokenizer("Requirement", add_special_tokens=False)["input_ids"]:
+        # transformers 5 builds an empty tokenizer (one token) for some model types when the files are
+        # missing; every text would then encode to nothing and training would learn from noise.
+        raise ModelError(
+            f"The tokenizer of base model {spec.name!r} encodes text to no tokens (it has {len(tokenizer)}): "
+            "its directory or repository needs the tokenizer files (tokenizer.json, tokenizer_config.json) "
+            "saved with the model."
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -261,6 +276,7 @@ def load_base_model(
 
     spec = name if isinstance(name, BaseModelSpec) else resolve_base_model(name)
     dev = pick_device(device)
+    check_causal_lm(spec, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -275,6 +291,46 @@ def load_base_model(
     model.to(dev)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev)
+
+
+def check_causal_lm(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> None:
+    """Refuse, naming its architecture, a base model transformers cannot load as a causal LM.
+
+    Without this an encoder-decoder (T5) or an unknown model type ends in transformers' ValueError
+    listing every supported class, and never says which model was refused.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(local_files(spec), trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(_load_hint(spec, exc)) from exc
+    except ValueError as exc:  # an unknown or missing model_type, or remote code not allowed
+        declared = _declared_architecture(spec)
+        raise ModelError(
+            f"Base model {spec.name!r} ({declared}) cannot be loaded by this version of transformers: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or remote:
+        return
+    architecture = ", ".join(config.architectures or []) or f"model type {config.model_type!r}"
+    raise ModelError(
+        f"Base model {spec.name!r} is {architecture}, not a causal language model (a ...ForCausalLM); "
+        "validora trains and runs adapters on decoder-only models such as LlamaForCausalLM, "
+        "GraniteForCausalLM and Qwen2ForCausalLM."
+    )
+
+
+def _declared_architecture(spec: BaseModelSpec) -> str:
+    """What config.json itself says the model is, read without transformers (for error messages)."""
+    try:
+        config = json.loads((Path(local_files(spec)) / "config.json").read_text(encoding="utf-8"))
+        names = config.get("architectures") or []
+        return ", ".join(map(str, names)) or f"model type {config.get('model_type')!r}"
+    except (OSError, ValueError, AttributeError):
+        return "architecture unknown"
 
 
 def _load_hint(spec: BaseModelSpec, exc: Exception) -> str:
