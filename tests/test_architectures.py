@@ -36,6 +36,7 @@ from .test_scoring import ITEMS, naive_loglik, random_adapter
 
 FAMILIES = list(tiny_models.FAMILIES)
 REQ = "The failure mode must not be 'no_failure'."
+SHORT = {"max_new_tokens": 6}
 
 
 def m(*args: object):
@@ -124,7 +125,7 @@ def test_session_check_with_the_trained_adapter(family, adapters, kind):
         "Write a triage summary of this note: {{note}}",
         user_variables={"note": "Knock at 3100 RPM."},
         requirements=[req(REQ)],
-        model_options={"max_new_tokens": 6},
+        model_options=SHORT,
     )
     (v,) = result.validations
     assert v.adapter == adapter.name and set(v.probs) == set(LABELS)
@@ -140,10 +141,21 @@ def test_session_check_with_the_trained_adapter(family, adapters, kind):
     (direct,) = backend.check(result.text, [(adapter.name, REQ)])
     assert direct.scores.probs == pytest.approx(want.probs, abs=1e-4)
     assert direct.scores.probs == pytest.approx(v.probs, abs=1e-6)
+    if kind == "lora":
+        return
+    # Without the adapter the base model judges through its own chat template (yes/no).
+    backend.default_to_constraint_checking_alora = False
+    result = session.instruct("Say hello.", requirements=[req("Is the reply polite?")], model_options=SHORT)
+    (v,) = result.validations
+    assert (
+        v.adapter == "base-model judge"
+        and set(v.probs) == {"yes", "no"}
+        and v.score == pytest.approx(v.probs["yes"])
+    )
 
 
 def test_upload_intrinsic_and_load_back(family, adapters, hub):
-    name, _ = family
+    name, base = family
     repo = f"{USER}/{name}-check"
     result = m("upload", adapters["alora"], "--name", repo, "--intrinsic", "--intrinsic-name", "failure_mode")
     assert result.exit_code == 0, result.output
@@ -154,6 +166,17 @@ def test_upload_intrinsic_and_load_back(family, adapters, hub):
     assert (loaded.path / "adapter_model.safetensors").read_bytes() == (
         adapters["alora"] / "adapter_model.safetensors"
     ).read_bytes()
+    # The published validora.json names the base by its last component only, which matches the
+    # local directory; the downloaded adapter scores as the original does.
+    backend = LocalHFBackend(model_id=str(base), device="cpu")
+    backend.add_adapter(loaded)
+    backend.add_adapter(CustomIntrinsicAdapter(model_id=str(adapters["alora"])))
+    text = "Heavy knock under load, metal flakes in the oil."
+    got, want = backend.check(text, [("failure_mode", REQ), ("alora", REQ)])
+    assert got.scores.probs == pytest.approx(want.scores.probs, abs=1e-6)
+    result = m("predict", repo, text, "--basemodel", base, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert want.scores.label in result.stdout
 
 
 @pytest.mark.parametrize("kind", ["alora", "lora"])
