@@ -3,6 +3,7 @@
 aLoRA training never puts gradients through the item + requirement (the adapter starts at the
 invocation), so their cache can be computed once without gradients and reused every epoch. When all
 of them fit the memory budget they are kept; otherwise `get` computes a batch's prefixes on demand.
+Under several processes each store holds only its process's items (distributed.Shard), by item index.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from validora import scoring
 
 
 class PrefixStore:
-    """Item prefixes by split ("train", "val") and index; their caches kept after `fill()`."""
+    """Item prefixes by split ("train", "val") and item index; their caches kept after `fill()`."""
 
     def __init__(
         self,
         model: Any,
-        prefixes: Mapping[str, Sequence[Sequence[int]]],
+        prefixes: Mapping[str, Mapping[int, Sequence[int]]],
         pad_id: int,
         device: torch.device,
     ):
@@ -34,7 +35,7 @@ class PrefixStore:
 
     @property
     def tokens(self) -> int:
-        return sum(len(p) for split in self.prefixes.values() for p in split)
+        return sum(len(p) for split in self.prefixes.values() for p in split.values())
 
     def need_gb(self) -> float:
         """Memory the kept caches take: keys and values of every layer for every prefix token."""
@@ -57,7 +58,7 @@ class PrefixStore:
     def fill(self, batch_size: int, advance: Callable[[int], None] = lambda n: None) -> None:
         """Compute every prefix's cache once, in batches of similar lengths (little padding)."""
         pending = sorted(
-            ((split, i, p) for split, items in self.prefixes.items() for i, p in enumerate(items)),
+            ((split, i, p) for split, items in self.prefixes.items() for i, p in items.items()),
             key=lambda item: len(item[2]),
         )
         for start in range(0, len(pending), batch_size):

@@ -9,22 +9,21 @@ LoRA: ordinary full-sequence training, loss on label tokens only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from validora import scoring
 from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, staged_directory, write_json
-from validora.calibration import T_MAX, expected_calibration_error, fit_temperature, top_label
+from validora.calibration import expected_calibration_error, fit_temperature, top_label
 from validora.data import Example, labels_of, load_jsonl, stratified_split
-from validora.errors import ConfigError, ValidoraError
+from validora.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
+from validora.errors import ConfigError
 from validora.lexical import LEXICAL_FILE, Readout, fit_lexical, lexical_text
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, load_base_model
@@ -32,83 +31,17 @@ from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
 from validora.recipe import Recipe, TrainConfig, resolve_epochs
+from validora.train_report import (  # re-exported: callers import them from here
+    EpochRecord,
+    Progress,
+    SilentProgress,
+    StepLoss,
+    TrainingDiverged,
+    TrainReport,
+)
 
-
-class StepLoss(NamedTuple):
-    """One batch: what is minimised, the gold tokens' plain NLL (what is reported), their count."""
-
-    objective: torch.Tensor
-    nll: float
-    tokens: int
-
-
-class TrainingDiverged(ValidoraError):
-    """The loss or the weights became NaN or infinite; the run stops before anything is saved."""
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    val_macro_f1: float
-    seconds: float
-
-
-@dataclass
-class TrainReport:
-    epochs: list[EpochRecord]
-    best_epoch: int
-    metrics: Metrics  # validation metrics of the best epoch
-    n_train: int
-    n_val: int
-    truncated_items: int
-    train_seconds: float  # optimisation + evaluation, excluding model load and prefix caching
-    cache_seconds: float
-    examples_per_second: float  # training examples x epochs / (train + cache seconds)
-    prefix_cache: str  # "kept across epochs" | "per batch" | "off"
-    outfile: str | None = None
-    temperature: float = 1.0  # fitted on the validation split (calibration.fit_temperature)
-    val_ece: float = 0.0  # the best epoch's validation ECE at that temperature (10 bins)
-    lexical: dict[str, Any] | None = None  # Readout.describe() and the mixture's validation accuracy
-
-    @property
-    def at_chance(self) -> bool:
-        """Validation accuracy no better than always answering the most frequent label."""
-        return self.metrics.accuracy <= self.metrics.chance_accuracy + 1e-9
-
-    @property
-    def uninformative(self) -> bool:
-        """The temperature hit its upper bound: held-out scores barely separate the labels, so the
-        probabilities sit near 1/K whatever the input (accuracy may still be above chance by luck)."""
-        return self.temperature >= T_MAX * 0.999
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["chance_accuracy"] = self.metrics.chance_accuracy
-        data["at_chance"] = self.at_chance
-        data["uninformative"] = self.uninformative
-        return data
-
-
-class Progress(Protocol):
-    """What the loop reports; the CLI draws it, the library default ignores it."""
-
-    def start(self, description: str, total: int) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def log(self, message: str) -> None: ...
-
-
-class SilentProgress:
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
+__all__ = ["EpochRecord", "Progress", "Recipe", "SilentProgress", "StepLoss", "TrainConfig", "TrainReport"]
+__all__ += ["Trainer", "TrainingDiverged", "train"]
 
 
 @dataclass
@@ -169,6 +102,7 @@ class Trainer:
 
         cfg, r = self.config, self.recipe
         self.accelerator = Accelerator(cpu=cfg.device == "cpu")
+        self.shard: Shard = shard_of(self.accelerator)
         device = cfg.device if cfg.device != "auto" else str(self.accelerator.device.type)
         self.progress.log(
             f"Loading base model {cfg.basemodel or 'smollm2-135m-instruct (embedded)'} on {device}"
@@ -199,10 +133,12 @@ class Trainer:
         r = self.recipe
         params = [p for p in self.peft.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=0.0)
-        self.model, self.optimizer = self.accelerator.prepare(self.peft, optimizer)
-        self.peft = self.accelerator.unwrap_model(self.model)
+        # Not wrapped in DDP: each process sums the adapter's gradients itself (distributed.py).
         self.device = self.accelerator.device
-        per_epoch = math.ceil(len(self._my_batches()) / r.grad_accum)
+        self.model = self.peft.to(self.device)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.params = params
+        per_epoch = math.ceil(self.n_batches / r.grad_accum)
         self.epochs = resolve_epochs(r.epochs, per_epoch)
         total = self.epochs * per_epoch
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -215,7 +151,11 @@ class Trainer:
         self.train_enc = self._encode(self.train_examples)
         self.val_enc = self._encode(self.val_examples)
         self.truncated_items = sum(e.truncated > 0 for e in (*self.train_enc, *self.val_enc))
-        splits = {"train": [e.prefix for e in self.train_enc], "val": [e.prefix for e in self.val_enc]}
+        # Each process caches only the items it owns (distributed.Shard): it alone computes their losses.
+        splits = {
+            name: {i: e.prefix for i, e in enumerate(enc) if self.shard.owns(i)}
+            for name, enc in (("train", self.train_enc), ("val", self.val_enc))
+        }
         self.prefixes = PrefixStore(self.peft, splits, self.fmt.pad_id, self.device)
         self.cache_seconds = 0.0
         if not self.uses_cache:
@@ -235,12 +175,10 @@ class Trainer:
         encoded = [(self.fmt.encode(e.item, e.requirement), e.label) for e in examples]
         return [_Encoded(enc.prefix, label, enc.truncated) for enc, label in encoded]
 
-    def _my_batches(self) -> list[int]:
-        """This process's batch numbers. Every process takes as many (wrapping around), or DDP's all-reduce would hang."""
-        acc = self.accelerator
-        n_batches = math.ceil(len(self.train_examples) / self.recipe.batch_size)
-        per_process = math.ceil(n_batches / acc.num_processes)
-        return [(acc.process_index + k * acc.num_processes) % n_batches for k in range(per_process)]
+    @property
+    def n_batches(self) -> int:
+        """Global batches per epoch: batch_size items per process, batch_size x processes in all."""
+        return math.ceil(len(self.train_examples) / (self.recipe.batch_size * self.shard.world))
 
     # ----- the loss ----------------------------------------------------------------------------------
     def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> StepLoss:
@@ -265,8 +203,6 @@ class Trainer:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         r = self.recipe
-        acc = self.accelerator
-        mine = self._my_batches()
         records: list[EpochRecord] = []
         best: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None
@@ -275,33 +211,10 @@ class Trainer:
         best_epoch = 0
         stale = 0
         started = time.perf_counter()
-        self.progress.start("Training", self.epochs * len(mine))
+        self.progress.start("Training", self.epochs * self.n_batches)
         for epoch in range(1, self.epochs + 1):
             epoch_start = time.perf_counter()
-            self.model.train()
-            order = list(range(len(self.train_enc)))
-            random.Random(r.seed * 1000 + epoch).shuffle(order)
-            batches = [order[b * r.batch_size : (b + 1) * r.batch_size] for b in mine]
-            loss_sum, token_sum = 0.0, 0
-            for i, keys in enumerate(batches):
-                group_start = i - i % r.grad_accum
-                group_size = min(r.grad_accum, len(batches) - group_start)  # the last group may be short
-                steps = (i + 1) % r.grad_accum == 0 or i + 1 == len(batches)
-                where = f"epoch {epoch}, batch {i + 1} of {len(batches)}"
-                with contextlib.nullcontext() if steps else acc.no_sync(self.model):
-                    loss, value, n_tokens = self.loss_step(keys, [self.train_enc[k] for k in keys])
-                    if not math.isfinite(value):
-                        raise self._diverged(f"the training loss is {value} at {where}")
-                    acc.backward(loss / group_size)
-                loss_sum += value * n_tokens
-                token_sum += n_tokens
-                if steps:
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if not self._weights_finite():
-                        raise self._diverged(f"the adapter weights became NaN or infinite after {where}")
-                self.progress.advance()
+            loss_sum, token_sum = self._train_epoch(epoch)
             metrics, val_loss, val_loglik = self.evaluate()
             record = EpochRecord(
                 epoch=epoch,
@@ -362,6 +275,43 @@ class Trainer:
         )
         return self.report
 
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over this epoch's global batches; (sum, count) of the gold tokens' NLL, all processes'.
+        Each process backpropagates its own items' token losses over the global batch's token count and
+        the gradients are summed (distributed.py): the update is the one-process mean of the batch."""
+        r, shard = self.recipe, self.shard
+        self.model.train()
+        order = list(range(len(self.train_enc)))
+        random.Random(r.seed * 1000 + epoch).shuffle(order)
+        size = r.batch_size * shard.world
+        batches = [order[b * size : (b + 1) * size] for b in range(self.n_batches)]
+        loss_sum, token_sum, bad = 0.0, 0, ""
+        for i, keys in enumerate(batches):
+            group_start = i - i % r.grad_accum
+            group_size = min(r.grad_accum, len(batches) - group_start)  # the last group may be short
+            where = f"epoch {epoch}, batch {i + 1} of {len(batches)}"
+            if mine := shard.mine(keys):  # a process may own none of a batch: it still joins the sum
+                loss, value, n_tokens = self.loss_step(mine, [self.train_enc[k] for k in mine])
+                if not math.isfinite(value):
+                    bad = bad or f"the training loss is {value} at {where}"
+                    if shard.world == 1:
+                        raise self._diverged(bad)
+                everyone = sum(len(self.fmt.label_ids[self.train_enc[k].label]) for k in keys)
+                self.accelerator.backward((loss if n_tokens == everyone else loss * (n_tokens / everyone)) / group_size)  # fmt: skip
+                loss_sum += value * n_tokens
+                token_sum += n_tokens
+            if (i + 1) % r.grad_accum == 0 or i + 1 == len(batches):
+                if sum_gradients(self.params, shard, float(bool(bad))):
+                    raise self._diverged(bad or f"the training loss is not finite in another process at {where}")  # fmt: skip
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if not self._weights_finite():
+                    raise self._diverged(f"the adapter weights became NaN or infinite after {where}")
+            self.progress.advance()
+        loss_sum, tokens = all_sum([loss_sum, token_sum], shard)
+        return loss_sum, int(tokens)
+
     def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> Readout:
         """The adapter's temperature and, unless the recipe's lexical_weight is 0, the lexical model mixed
         in (lexical.py), its n-grams and C and the mixture's temperature chosen on the validation split."""
@@ -393,24 +343,24 @@ class Trainer:
         label log-likelihoods (the temperature is fitted on the best epoch's)."""
         self.model.eval()
         bs = self.recipe.eval_batch_size
+        mine = self.shard.mine(range(len(self.val_enc)))  # this process's items, gathered back below
+        rows = [torch.empty(0, len(self.fmt.labels))]
+        for start in range(0, len(mine), bs):
+            keys = mine[start : start + bs]
+            if self.recipe.adapter == "alora":
+                ll = scoring.label_loglik(self.peft, self.fmt, self.prefixes.get("val", keys))
+            else:
+                ll = scoring.full_loglik(self.peft, self.fmt, [self.val_enc[k].prefix for k in keys])
+            rows.append(ll.float().cpu())
+        loglik = gather_rows(torch.cat(rows), mine, len(self.val_enc), self.shard)
         preds: list[str] = []
         nll, tokens = 0.0, 0
-        rows: list[torch.Tensor] = []
-        for start in range(0, len(self.val_enc), bs):
-            batch = self.val_enc[start : start + bs]
-            if self.recipe.adapter == "alora":
-                prefix = self.prefixes.get("val", range(start, start + len(batch)))
-                ll = scoring.label_loglik(self.peft, self.fmt, prefix)
-            else:
-                ll = scoring.full_loglik(self.peft, self.fmt, [e.prefix for e in batch])
-            rows.append(ll.float().cpu())
-            for row, e in zip(ll, batch, strict=True):
-                gold = self.fmt.labels.index(e.label)
-                nll -= float(row[gold])
-                tokens += len(self.fmt.label_ids[e.label])
-                preds.append(self.fmt.labels[int(row.argmax())])
+        for row, e in zip(loglik, self.val_enc, strict=True):
+            nll -= float(row[self.fmt.labels.index(e.label)])
+            tokens += len(self.fmt.label_ids[e.label])
+            preds.append(self.fmt.labels[int(row.argmax())])
         metrics = classification_metrics([e.label for e in self.val_enc], preds, self.fmt.labels)
-        return metrics, nll / max(tokens, 1), torch.cat(rows)
+        return metrics, nll / max(tokens, 1), loglik
 
     @property
     def val_gold(self) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,9 @@ from validora.cli.display import (
     sigterm_as_interrupt,
 )
 from validora.training import Recipe, TrainConfig
+
+if TYPE_CHECKING:
+    from validora.training import Trainer
 
 _RUN = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
 _RECIPE = {f.name for f in dataclasses.fields(Recipe)}
@@ -148,6 +151,11 @@ def train(
     recipe = Recipe(**{k: v for k, v in values.items() if k in _RECIPE})
     config = TrainConfig(**{k: v for k, v in values.items() if k in _RUN}, recipe=recipe)
     changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
+    from validora.distributed import launched_rank
+
+    if launched_rank() != 0:  # one of several processes (accelerate launch, torchrun): rank 0 speaks
+        _train_quietly(config)
+        return
     console.print(
         f"Training {recipe.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
         highlight=False,
@@ -165,6 +173,7 @@ def train(
             trainer.setup()
             report = trainer.train()
             target = trainer.save()
+            _end(trainer)
     except KeyboardInterrupt:
         # A signal during the final rename is held until it is done: say which adapter --outfile holds.
         now = _identity(outfile)
@@ -207,6 +216,26 @@ def train(
             f"1/{len(report.metrics.labels)}. More, or more distinctive, examples per label would help."
         )
     console.print(f"Adapter written to [bold]{target}[/]")
+
+
+def _train_quietly(config: TrainConfig) -> None:
+    """A process other than rank 0: the same work, nothing printed (errors still are); rank 0 saves."""
+    from validora.training import SilentProgress, Trainer
+
+    sigterm_as_interrupt()
+    try:
+        trainer = Trainer(config, SilentProgress())
+        trainer.setup()
+        trainer.train()
+        _end(trainer)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _end(trainer: Trainer) -> None:
+    """Leave the process group, if any (torch warns at exit otherwise)."""
+    if trainer.shard.world > 1:
+        trainer.accelerator.end_training()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
