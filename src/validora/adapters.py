@@ -188,21 +188,23 @@ def attach(model: Any, directory: str | Path, name: str) -> Any:
     )
 
 
-def is_replaceable(directory: Path) -> bool:
-    """Only an empty directory or an earlier validora adapter may be replaced (with --overwrite)."""
+def is_replaceable(directory: Path, *, adopt: bool = False) -> bool:
+    """Only an empty directory or an earlier validora adapter may be replaced (with --overwrite); with
+    `adopt`, also a PEFT adapter directory, every file of which the replacement keeps (importing.py)."""
+    marker = CONFIG_FILE if adopt else INFO_FILE
     return not directory.exists() or (
-        directory.is_dir() and (not any(directory.iterdir()) or (directory / INFO_FILE).is_file())
+        directory.is_dir() and (not any(directory.iterdir()) or (directory / marker).is_file())
     )
 
 
-def check_target(target: Path, *, overwrite: bool) -> None:
+def check_target(target: Path, *, overwrite: bool, adopt: bool = False) -> None:
     """Fail before any work if `target` may not be written (at setup, again before the swap): after
     recover(), the folder that will hold it must take a new entry and have room for an adapter."""
     target = Path(target)
     recover(target)
     if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
         raise AdapterError(f"{target} already exists; pass --overwrite to replace it.")
-    if not is_replaceable(target):
+    if not is_replaceable(target, adopt=adopt):
         raise AdapterError(
             f"{target} exists and is not a validora adapter directory; refusing to replace it. "
             "Choose another --outfile."
@@ -234,11 +236,12 @@ def _check_writable(target: Path) -> None:
 
 
 @contextmanager
-def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
+def staged_directory(target: str | Path, *, overwrite: bool, adopt: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling to fill; it replaces `target` only when the block completes, taking
-    the earlier adapter's files validora does not write (an io.yaml, notes). Else `target` is untouched."""
+    the earlier adapter's files validora does not write (an io.yaml, notes). Else `target` is untouched.
+    `adopt`: `target` is a PEFT directory imported in place; every entry the block did not write is copied."""
     target = Path(target)
-    check_target(target, overwrite=overwrite)
+    check_target(target, overwrite=overwrite, adopt=adopt)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = private_tempdir(target, "partial")
     lock = _lock(staging)
@@ -246,7 +249,7 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
         try:
             yield staging
             _pause_for_tests("staged")
-            kept = _keep_user_files(target, staging)
+            kept = _keep_user_files(target, staging, every=adopt)
         except Exception as exc:  # safetensors reports a full disk as its own error type
             full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
             if full or isinstance(exc, OSError):
@@ -257,7 +260,7 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
                 ) from exc
             raise
         _swap_into_place(staging, target)
-        if kept:
+        if kept and not adopt:
             said = f"Kept {len(kept)} file(s) of yours in {target} that validora does not write"
             warnings.warn(f"{said}: {', '.join(kept)}.", stacklevel=3)
     finally:
@@ -267,11 +270,11 @@ def staged_directory(target: str | Path, *, overwrite: bool) -> Iterator[Path]:
             os.close(lock)
 
 
-def _keep_user_files(target: Path, staging: Path) -> list[str]:
+def _keep_user_files(target: Path, staging: Path, *, every: bool = False) -> list[str]:
     """Copy (never move: a kill must not lose them) what the user added to the earlier adapter."""
-    if not (target / INFO_FILE).is_file():
+    if not target.is_dir() or (not every and not (target / INFO_FILE).is_file()):
         return []
-    mine = [p for p in sorted(target.iterdir()) if p.name not in WRITTEN_FILES]
+    mine = [p for p in sorted(target.iterdir()) if every or p.name not in WRITTEN_FILES]
     for entry in (kept := [p for p in mine if not os.path.lexists(staging / p.name)]):
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, staging / entry.name, symlinks=True)

@@ -83,11 +83,10 @@ def _enums(schema: Any) -> list[list[Any]]:
     return []
 
 
-def validate(path: str | Path, labels: list[str]) -> str:
-    """Check an io.yaml file against the adapter's labels; return its text. All problems at once."""
+def _load(path: Path) -> tuple[str, Any, Any]:
+    """The file's text, its data and its composed node (for line numbers); a ConfigError if unreadable."""
     import yaml
 
-    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -105,7 +104,47 @@ def validate(path: str | Path, labels: list[str]) -> str:
         raise ConfigError(f"{path}: YAML error: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: io.yaml must be a mapping of fields ({', '.join(REQUIRED)}).")
+    return text, data, node
 
+
+def _schema(fmt: Any) -> tuple[Any, str | None]:
+    """The JSON schema `response_format` holds (a JSON string or a mapping), or None and why not."""
+    if isinstance(fmt, dict):
+        return fmt, None
+    if not isinstance(fmt, str):
+        return None, "'response_format' must be a JSON schema (a string or a mapping)."
+    try:
+        return json.loads(fmt), None
+    except json.JSONDecodeError as exc:
+        return None, f"'response_format' is not valid JSON: {exc}."
+
+
+def labels_from(path: str | Path) -> list[str]:
+    """The labels an io.yaml's `response_format` lists: one `enum` of distinct strings at the top of
+    the schema, an answer that is exactly one label (what validora scores)."""
+    path = Path(path)
+    _, data, node = _load(path)
+    line = _line_of(node, "response_format")
+    schema, why = _schema(data.get("response_format"))
+    enums = _enums(schema)
+    if "response_format" not in data:
+        why = "it has no 'response_format' field"
+    elif why is None and len(enums) != 1:
+        why = f"its 'response_format' has {len(enums) or 'no'} 'enum' lists, not one list of labels"
+    elif why is None and not (isinstance(schema, dict) and schema.get("enum") is enums[0]):
+        why = "its 'enum' sits inside a structured answer (a JSON object), not a bare label"
+    elif why is None:
+        labels = enums[0]
+        if all(isinstance(v, str) and v.strip() for v in labels) and len(set(labels)) == len(labels) > 1:
+            return list(labels)
+        why = f"its 'enum' {json_line(labels)} is not a list of at least two distinct non-empty strings"
+    raise ConfigError(f"{path}:{line or 1}: no labels in this io.yaml: {why}.")
+
+
+def validate(path: str | Path, labels: list[str]) -> str:
+    """Check an io.yaml file against the adapter's labels; return its text. All problems at once."""
+    path = Path(path)
+    text, data, node = _load(path)
     problems: list[str] = []
 
     def problem(key: str, message: str) -> None:
@@ -121,17 +160,9 @@ def validate(path: str | Path, labels: list[str]) -> str:
     if data.get("model") is not None and not isinstance(data["model"], str):
         problem("model", "'model' must be a model name or null.")
     if "response_format" in data:
-        fmt = data["response_format"]
-        schema: Any = None
-        if isinstance(fmt, str):
-            try:
-                schema = json.loads(fmt)
-            except json.JSONDecodeError as exc:
-                problem("response_format", f"'response_format' is not valid JSON: {exc}.")
-        elif isinstance(fmt, dict):
-            schema = fmt
-        else:
-            problem("response_format", "'response_format' must be a JSON schema (a string or a mapping).")
+        schema, why = _schema(data["response_format"])
+        if why:
+            problem("response_format", why)
         if schema is not None:
             enums = _enums(schema)
             if len(enums) != 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, export, hub, predict, serve, train
+from validora.cli import evaluate, export, hub, importing, predict, serve, train
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -20,6 +20,7 @@ alora.command("predict")(predict.predict)
 alora.command("upload")(hub.upload)
 alora.command("io-yaml")(hub.io_yaml)
 alora.command("download")(hub.download)
+alora.command("import")(importing.import_adapter)
 alora.command("export")(export.export)
 alora.command("serve")(serve.serve)
 
