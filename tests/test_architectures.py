@@ -243,3 +243,33 @@ def test_a_base_model_without_tokenizer_files_is_a_clear_error(family, tmp_path)
         (bare / name).symlink_to(base / name)
     with pytest.raises(ModelError, match="tokenizer files"):
         load_base_model(str(bare), device="cpu")
+
+
+@pytest.mark.parametrize("family", ["granite"], indirect=True)
+def test_train_on_a_hub_id(family, hub, tmp_path):
+    """`--basemodel org/name` downloads the base model once; the adapter records the id, and a backend
+    on that id takes it, also by the short name Mellea-style code passes."""
+    from huggingface_hub import HfApi, constants
+
+    _, base = family
+    repo = f"{USER}/granite-tiny-instruct"
+    HfApi().create_repo(repo)
+    HfApi().upload_folder(repo_id=repo, folder_path=base)
+    data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
+    out = tmp_path / "adapter"
+    result = m("train", data, "--basemodel", repo, "--outfile", out, "--epochs", 1, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert AdapterInfo.read(out).base_model == repo
+    requests = len(hub.requests)
+    with pytest.MonkeyPatch.context() as offline:
+        offline.setattr(constants, "HF_HUB_OFFLINE", True)  # the cached snapshot suffices from now on
+        backend = LocalHFBackend(model_id=repo, device="cpu")
+        backend.add_adapter(
+            CustomIntrinsicAdapter(model_id=str(out), base_model_name="granite-tiny-instruct")
+        )
+        (check,) = backend.check("Knock at 3100 RPM.", [("adapter", REQ)])
+        assert set(check.scores.probs) == set(LABELS)
+        result = m("export", out, "--outfile", tmp_path / "adapter.gguf")
+        assert result.exit_code == 0, result.output
+        assert f"hf download {repo}" in result.stderr  # how to make the base GGUF the server needs
+    assert len(hub.requests) == requests
