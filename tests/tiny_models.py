@@ -7,7 +7,8 @@ is the embedded SmolLM2 tokenizer plus the family's special tokens, its eos/pad/
 real chat template. The templates below are byte for byte the files in llama.cpp's
 models/templates at commit 0c1e57098 (https://github.com/ggml-org/llama.cpp/tree/0c1e57098/models/templates),
 which copy the `chat_template` of each model's tokenizer_config.json on the Hugging Face Hub
-(ibm-granite/granite-3.3-2b-instruct, Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-3B-Instruct);
+(ibm-granite/granite-3.3-2b-instruct, Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen3-0.6B,
+meta-llama/Llama-3.2-3B-Instruct);
 tests/test_architectures.py compares them with that tree when it is in the validora cache.
 """
 
@@ -135,6 +136,93 @@ QWEN2_TEMPLATE = r"""{%- if tools %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+
+# llama.cpp@0c1e57098 models/templates/Qwen-Qwen3-0.6B.jinja
+QWEN3_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set content = message.content %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in message.content %}
+                {%- set content = message.content.split('</think>')[-1].lstrip('\n') %}
+                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""
 
 # llama.cpp@0c1e57098 models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja
 LLAMA_TEMPLATE = r"""{{- bos_token }}
@@ -272,6 +360,15 @@ FAMILIES: dict[str, Family] = {
         eos="<|im_end|>", pad="<|endoftext|>", bos=None, add_bos=False,
         header="<|im_start|>check_requirement\n",
     ),
+    "qwen3": Family(
+        "Qwen3ForCausalLM",
+        {"head_dim": 32},  # wider than hidden / heads, as in Qwen3 models; q/k norms come with the class
+        QWEN3_TEMPLATE,
+        "Qwen-Qwen3-0.6B.jinja",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"),
+        eos="<|im_end|>", pad="<|endoftext|>", bos=None, add_bos=False,
+        header="<|im_start|>check_requirement\n",
+    ),
     "llama": Family(
         "LlamaForCausalLM",
         {},
@@ -326,7 +423,8 @@ def build(name: str, root: Path, *, seed: int = 0) -> Path:
 
     family = FAMILIES[name]
     tok = tokenizer(family)
-    model_type = {"GraniteForCausalLM": "granite", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+    model_type = {"GraniteForCausalLM": "granite", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                  "LlamaForCausalLM": "llama"}  # fmt: skip
     ids = {key: tok.convert_tokens_to_ids(t) if t else None
            for key, t in (("eos_token_id", family.eos), ("pad_token_id", family.pad), ("bos_token_id", family.bos))}  # fmt: skip
     config = AutoConfig.for_model(
