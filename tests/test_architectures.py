@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.adapters import AdapterInfo
 from validora.cli import app
-from validora.errors import ModelError
+from validora.errors import ConfigError, ModelError
 from validora.export import export_gguf
 from validora.lexical import Readout, lexical_text
 from validora.models import load_base_model
@@ -232,8 +232,10 @@ def test_export_refusal_names_the_architecture(adapters, tmp_path):
     base.mkdir()
     (base / "config.json").write_text(json.dumps({"architectures": ["Gemma2ForCausalLM"]}))
     result = m("export", adapters["alora"], "--outfile", tmp_path / "x.gguf", "--basemodel", base)
-    assert result.exit_code != 0 and "Gemma2ForCausalLM" in result.output
-    assert export_gguf  # the library call is what the CLI runs
+    assert result.exit_code == 2 and "Gemma2ForCausalLM" in result.stderr
+    with pytest.raises(ConfigError, match="Gemma2ForCausalLM"):
+        export_gguf(adapters["alora"], tmp_path / "x.gguf", basemodel=str(base))
+    assert not (tmp_path / "x.gguf").exists()
 
 
 @pytest.mark.parametrize(
@@ -250,7 +252,7 @@ def test_a_base_model_that_is_no_causal_lm_is_refused_by_name(config, named, tmp
     (base / "config.json").write_text(json.dumps(config))
     data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
     result = m("train", data, "--basemodel", base, "--outfile", tmp_path / "out", "--device", "cpu")
-    assert (result.exit_code != 0 and result.exception is None) or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, no traceback
     assert named in result.stderr and "Traceback" not in result.output
     with pytest.raises(ModelError, match=named):
         LocalHFBackend(model_id=str(base), device="cpu")
