@@ -297,3 +297,44 @@ def test_train_on_a_hub_id(family, hub, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"hf download {repo}" in result.stderr  # how to make the base GGUF the server needs
     assert len(hub.requests) == requests
+
+
+def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
+    """aLoRA's training pass (prefix cached by the base model, adapter on the suffix) gives the loss and
+    gradients of the plain full forward, and the NLL of PEFT's own forward, on every family."""
+    from .test_training import grads, make_trainer
+
+    _, base = any_family
+    data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
+    trainers = [
+        make_trainer(lambda: load_base_model(str(base), device="cpu"), data, rank=4, prefix_cache=cached)
+        for cached in (True, False)
+    ]
+    for t in trainers:
+        torch.manual_seed(0)
+        for name, p in t.peft.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.2)  # gradients reach A as well
+        t.model.train()
+    keys = [0, 1, 2, 3]
+    losses, gradients = [], []
+    for t in trainers:
+        step = t.loss_step(keys, [t.train_enc[k] for k in keys])
+        step[0].backward()
+        losses.append(step)
+        gradients.append(grads(t))
+    (cached, cached_nll, _), (full, _, _) = losses
+    assert torch.allclose(cached, full, atol=1e-5), (cached, full)
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    for name, g in gradients[1].items():
+        assert torch.allclose(gradients[0][name], g, rtol=1e-3, atol=1e-6), name
+    nll, count = 0.0, 0
+    trainer = trainers[0]
+    for e in (trainer.train_enc[k] for k in keys):
+        ids = [*e.prefix, *trainer.fmt.invocation_ids, *trainer.fmt.label_ids[e.label]]
+        n = len(trainer.fmt.label_ids[e.label])
+        with torch.no_grad():
+            logp = trainer.peft(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
+        count += n
+    assert nll / count == pytest.approx(cached_nll, abs=1e-4)
