@@ -26,7 +26,7 @@ from validora.errors import ConfigError, ModelError
 from validora.export import export_gguf
 from validora.lexical import Readout, lexical_text
 from validora.models import load_base_model
-from validora.prompting import PromptFormat, derive_invocation_prompt
+from validora.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt
 from validora.scoring import score_items
 
 from . import tiny_models
@@ -338,3 +338,18 @@ def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
         nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
         count += n
     assert nll / count == pytest.approx(cached_nll, abs=1e-4)
+
+
+def test_a_role_name_inside_a_special_token_is_not_renamed():
+    """A template that drops unknown roles and marks a user turn with its own token (`<|user|>`, as
+    GLM's does) has no check_requirement header to borrow: Granite's string, not `<|check_requirement|>`
+    (which would be plain text to the tokenizer)."""
+    tok = tiny_models.tokenizer(tiny_models.FAMILIES["qwen2"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    tok.chat_template = (
+        "{%- for m in messages %}{%- if m.role in ['user', 'assistant'] %}"
+        "{{- '<|' + m.role + '|>\\n' + m.content }}{%- endif %}{%- endfor %}"
+    )
+    assert derive_invocation_prompt(tok) == GRANITE_INVOCATION
+    tok.chat_template = tok.chat_template.replace("'<|' + m.role + '|>", "'<|im_start|>' + m.role + '")
+    assert derive_invocation_prompt(tok) == "<|im_start|>check_requirement\n"

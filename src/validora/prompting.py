@@ -15,6 +15,7 @@ Only the invocation, the labels and the chat template's own scaffolding carry re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +42,30 @@ def derive_invocation_prompt(tokenizer: Any) -> str:
     Rendered as the text between a one-message conversation and the same conversation plus a
     `check_requirement` message, up to that message's content. A template that renders only the
     roles it knows (Qwen2.5's drops any other) gives a user turn's header with the role's name
-    replaced, as its own rendering of the role would read. Granite's string when the model has no
-    template or neither way gives a header naming the role.
+    replaced, as its own rendering of the role would read: only where the name is plain text, never
+    inside a special token (`<|user|>` has no `<|check_requirement|>` twin). Granite's string when the
+    model has no template or neither way gives a header naming the role.
     """
     if not getattr(tokenizer, "chat_template", None):
         return GRANITE_INVOCATION
     header = _turn_header(tokenizer, ROLE)
     if header is None:
         user = _turn_header(tokenizer, "user")
-        if user is not None and user.count("user") == 1:
-            header = user.replace("user", ROLE)
+        header = _renamed(tokenizer, user) if user is not None else None
     return header if header is not None and ROLE in header else GRANITE_INVOCATION
+
+
+def _renamed(tokenizer: Any, header: str) -> str | None:
+    """A user turn's header with its one plain-text "user" made `check_requirement`; None otherwise."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    atomic = {str(getattr(t, "content", t)) for t in added} | set(
+        getattr(tokenizer, "all_special_tokens", [])
+    )
+    pattern = "|".join(map(re.escape, sorted(filter(None, atomic), key=len, reverse=True)))
+    pieces = re.split(f"({pattern})", header) if pattern else [header]  # odd pieces: the tokens
+    if sum(p.count("user") for p in pieces[0::2]) != 1 or any("user" in t for t in pieces[1::2]):
+        return None
+    return "".join(p.replace("user", ROLE) if i % 2 == 0 else p for i, p in enumerate(pieces))
 
 
 def _turn_header(tokenizer: Any, role: str) -> str | None:
