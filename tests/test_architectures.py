@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,8 +244,11 @@ def test_export_refusal_names_the_architecture(adapters, tmp_path):
     [
         ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 64}, "T5ForConditionalGeneration"),
         ({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]}, "MysteryForCausalLM"),
+        ({"model_type": "own", "architectures": ["OwnForCausalLM"],
+          "auto_map": {"AutoConfig": "own.OwnConfig", "AutoModelForCausalLM": "own.OwnForCausalLM"}},
+         r"OwnForCausalLM\).*--trust-remote-code"),
     ],
-    ids=["encoder-decoder", "unknown"],
+    ids=["encoder-decoder", "unknown", "remote-code"],
 )  # fmt: skip
 def test_a_base_model_that_is_no_causal_lm_is_refused_by_name(config, named, tmp_path):
     base = tmp_path / "base"
@@ -253,7 +257,7 @@ def test_a_base_model_that_is_no_causal_lm_is_refused_by_name(config, named, tmp
     data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
     result = m("train", data, "--basemodel", base, "--outfile", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, no traceback
-    assert named in result.stderr and "Traceback" not in result.output
+    assert re.search(named, result.stderr.replace("\n", " ")) and "Traceback" not in result.output
     with pytest.raises(ModelError, match=named):
         LocalHFBackend(model_id=str(base), device="cpu")
     assert not (tmp_path / "out").exists()

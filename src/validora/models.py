@@ -308,8 +308,9 @@ def check_causal_lm(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> 
         raise ModelError(_load_hint(spec, exc)) from exc
     except ValueError as exc:  # an unknown or missing model_type, or remote code not allowed
         declared = _declared_architecture(spec)
+        hint = " (its own code runs only with --trust-remote-code)" if "trust_remote_code" in str(exc) else ""
         raise ModelError(
-            f"Base model {spec.name!r} ({declared}) cannot be loaded by this version of transformers: "
+            f"Base model {spec.name!r} ({declared}) cannot be loaded by transformers{hint}: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
     remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
