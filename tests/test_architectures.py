@@ -301,6 +301,10 @@ def test_train_on_a_hub_id(family, hub, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"hf download {repo}" in result.stderr  # how to make the base GGUF the server needs
     assert len(hub.requests) == requests
+    # The intrinsics layout names the base model as IBM's intrinsics libraries do: the id's last part.
+    result = m("upload", out, "--name", f"{USER}/checks", "--intrinsic", "--intrinsic-name", "failure_mode")
+    assert result.exit_code == 0, result.output
+    assert "failure_mode/granite-tiny-instruct/alora/adapter_model.safetensors" in hub.files(f"{USER}/checks")
 
 
 def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
