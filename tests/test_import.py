@@ -339,3 +339,13 @@ def test_adopting_a_directory_keeps_every_entry(tmp_path):
     assert (target / "checkpoint-1" / "state.json").read_text() == "{}"
     assert (target / "link").is_symlink() and (target / "link").read_bytes() == b"w"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["peft"]
+
+
+def test_model_card_of_an_imported_adapter_claims_no_training_or_metrics(imported):
+    from validora.adapters import AdapterInfo
+    from validora.reports import model_card
+
+    card = model_card(AdapterInfo.read(imported), {})
+    assert "trained with another tool and imported" in card
+    assert "m alora eval" in card
+    assert "Accuracy **" not in card and "Training examples" not in card

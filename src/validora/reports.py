@@ -257,20 +257,19 @@ def model_card(
         "- requirement-validator",
         "---",
     ]
-    body = f"""
-# Validator adapter ({kind})
+    imported = info.training.get("imported_from")
+    if imported:  # `m alora import`: trained by another tool, nothing measured here
+        origin = f"A {kind} adapter trained with another tool and imported into [validora](https://pypi.org/project/validora/)"
+        examples = ""
+        measured = """## Held-out metrics
 
-A {kind} adapter trained with [validora](https://pypi.org/project/validora/) to classify text into
-{len(info.labels)} labels: {", ".join(f"`{label}`" for label in info.labels)}.
+None: it was trained elsewhere. Measure it on labeled data with `m alora eval ADAPTER DATA.jsonl`.
 
-- **Base model:** `{public_name(info.base_model)}`
-- **Adapter type:** {info.adapter_type}
-- **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
-- **Training examples:** {info.training.get("n_train")} (held out for validation: {info.training.get("n_val")})
-- **Probability temperature:** {info.temperature:.3g} ({"fitted on the held-out split: label probabilities are calibrated" if info.temperature != 1 else "none fitted"})
-- **Lexical model:** {_lexical_line(info.lexical)}
-
-## Held-out metrics (epoch {metrics.get("best_epoch")})
+"""
+    else:
+        origin = f"A {kind} adapter trained with [validora](https://pypi.org/project/validora/)"
+        examples = f"- **Training examples:** {info.training.get('n_train')} (held out for validation: {info.training.get('n_val')})\n"
+        measured = f"""## Held-out metrics (epoch {metrics.get("best_epoch")})
 
 Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):.3f}**
 (always answering the most frequent label would score {metrics.get("chance_accuracy", 0):.3f}).
@@ -291,7 +290,20 @@ Accuracy **{best.get("accuracy", 0):.3f}**, macro-F1 **{best.get("macro_f1", 0):
 {json.dumps(train_args, indent=2)}
 ```
 
-## Usage
+"""
+    body = f"""
+# Validator adapter ({kind})
+
+{origin} to classify text into
+{len(info.labels)} labels: {", ".join(f"`{label}`" for label in info.labels)}.
+
+- **Base model:** `{public_name(info.base_model)}`
+- **Adapter type:** {info.adapter_type}
+- **Invocation prompt:** `{json.dumps(info.invocation_prompt)[1:-1]}`
+{examples}- **Probability temperature:** {info.temperature:.3g} ({"fitted on the held-out split: label probabilities are calibrated" if info.temperature != 1 else "none fitted"})
+- **Lexical model:** {_lexical_line(info.lexical)}
+
+{measured}## Usage
 
 {_usage(info, repo_id, intrinsic_name)}
 
