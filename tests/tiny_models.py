@@ -6,10 +6,9 @@ as Granite's multipliers and Qwen2's q/k/v biases set to values that matter) and
 is the embedded SmolLM2 tokenizer plus the family's special tokens, its eos/pad/bos tokens and its
 real chat template. The templates below are byte for byte the files in llama.cpp's
 models/templates at commit 0c1e57098 (https://github.com/ggml-org/llama.cpp/tree/0c1e57098/models/templates),
-which copy the `chat_template` of each model's tokenizer_config.json on the Hugging Face Hub
-(ibm-granite/granite-3.3-2b-instruct, Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen3-0.6B,
-meta-llama/Llama-3.2-3B-Instruct);
-tests/test_architectures.py compares them with that tree when it is in the validora cache.
+which its scripts/get_chat_template.py fetched from each model's tokenizer_config.json on the Hugging
+Face Hub (ibm-granite/granite-3.3-2b-instruct, Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen3-0.6B,
+meta-llama/Llama-3.2-3B-Instruct); tests/test_architectures.py compares them with that tree.
 """
 
 from __future__ import annotations
