@@ -28,7 +28,7 @@ from validora.export import export_gguf
 from validora.lexical import Readout, lexical_text
 from validora.models import load_base_model
 from validora.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt
-from validora.scoring import score_items
+from validora.scoring import base_model_only, score_items
 
 from . import tiny_models
 from .conftest import LABELS, engine_rows, write_jsonl
@@ -169,11 +169,27 @@ def test_session_check_with_the_trained_adapter(family, adapters, kind):
     backend.default_to_constraint_checking_alora = False
     result = session.instruct("Say hello.", requirements=[req("Is the reply polite?")], model_options=SHORT)
     (v,) = result.validations
-    assert (
-        v.adapter == "base-model judge"
-        and set(v.probs) == {"yes", "no"}
-        and v.score == pytest.approx(v.probs["yes"])
+    assert v.adapter == "base-model judge" and v.score == pytest.approx(v.probs["yes"])
+    judge = backend._judge
+    with base_model_only(backend._model):
+        naive = textbook_loglik(
+            backend._model, judge, judge.encode(result.text, "Is the reply polite?").prefix
+        )
+    assert [v.probs[label] for label in judge.labels] == pytest.approx(
+        torch.softmax(naive, -1).tolist(), abs=1e-4
     )
+
+
+def textbook_loglik(model, fmt, prefix: list[int]) -> torch.Tensor:
+    """Each label's log-likelihood after `prefix` + invocation, one plain full forward per label."""
+    out = []
+    for label in fmt.labels:
+        ids = [*prefix, *fmt.invocation_ids, *fmt.label_ids[label]]
+        n = len(fmt.label_ids[label])
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        out.append(sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]] for j in range(n)))
+    return torch.stack(out)
 
 
 def test_upload_intrinsic_and_load_back(family, adapters, hub):
