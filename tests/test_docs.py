@@ -44,3 +44,34 @@ def test_triage_example_runs(trained_adapter):
     assert "The failure mode must not be 'no_failure'." in out
     assert re.search(r"no_failure [01]\.\d{3}", out)  # every label's probability is printed
     assert "Without the adapter (base-model yes/no judge)" in out
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `m alora ...` command in the README's ```bash blocks, continuation lines joined, as argv."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("m alora "):
+                commands.append(shlex.split(line)[2:])
+    return commands
+
+
+def test_readme_commands_name_real_subcommands_and_options():
+    """A renamed or removed flag must not survive in the README: each shown option is parsed by click."""
+    import typer
+
+    from validora.cli import app
+
+    group = typer.main.get_command(app).commands["alora"]
+    commands = readme_commands()
+    shown = {argv[0] for argv in commands}
+    assert {"train", "eval", "predict", "upload", "import", "serve"} <= shown
+    for argv in commands:
+        command = group.commands.get(argv[0])
+        assert command is not None, f"README shows an unknown subcommand: m alora {' '.join(argv)}"
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        used = {arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--")}
+        assert used <= known, f"m alora {' '.join(argv)}: unknown {sorted(used - known)}"
