@@ -5,6 +5,8 @@ model's. Their key/value cache is computed once without gradients (kept across e
 the memory budget) and forward + backward run only over invocation + label tokens. Loss and
 gradients equal the full-sequence forward; the cost falls by roughly prefix/suffix length.
 LoRA: ordinary full-sequence training, loss on label tokens only.
+Several processes (accelerate launch, torchrun) split the items between them (distributed.py); the
+state after each epoch (resume.py) lets an interrupted run continue with --resume.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from validora import scoring
+from validora import resume, scoring
 from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, staged_directory, write_json
 from validora.calibration import expected_calibration_error, fit_temperature, top_label
 from validora.data import Example, labels_of, load_jsonl, stratified_split
@@ -31,7 +33,7 @@ from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
 from validora.recipe import Recipe, TrainConfig, resolve_epochs
-from validora.train_report import (  # re-exported: callers import them from here
+from validora.train_report import (
     EpochRecord,
     Progress,
     SilentProgress,
@@ -40,6 +42,7 @@ from validora.train_report import (  # re-exported: callers import them from her
     TrainReport,
 )
 
+# Re-exported: callers import the report types from here.
 __all__ = ["EpochRecord", "Progress", "Recipe", "SilentProgress", "StepLoss", "TrainConfig", "TrainReport"]
 __all__ += ["Trainer", "TrainingDiverged", "train"]
 
@@ -59,13 +62,22 @@ def lr_factor(update: int, total: int, warmup_fraction: float) -> float:
     return max(0.0, (total - update) / max(1, total - warmup))
 
 
-class Trainer:
+class Trainer(resume.KeepsState):
     """One training run: `setup()`, `train()`, `save()`; `evaluate()` works at any point."""
 
     def __init__(
-        self, config: TrainConfig, progress: Progress | None = None, loaded: LoadedModel | None = None
+        self,
+        config: TrainConfig,
+        progress: Progress | None = None,
+        loaded: LoadedModel | None = None,
+        *,
+        keep_state: bool = False,
+        resume_state: bool = False,
     ):
+        """`keep_state`: write the training state beside --outfile after every epoch (resume.py; the CLI
+        does); `resume_state`: continue from that state if there is one (else start with a notice)."""
         self.config = config
+        self.keep_state, self.resume_state = keep_state or resume_state, resume_state
         self.recipe: Recipe = config.recipe  # re-exported here with TrainConfig
         self.progress = progress or SilentProgress()
         self._loaded = loaded
@@ -83,9 +95,12 @@ class Trainer:
         """Each job in its own step, in this order: data, model, optimizer and schedule, prefixes."""
         check_target(Path(self.config.outfile), overwrite=self.config.overwrite)
         self._setup_data()
+        saved = self._read_state()
         self._setup_model()
         self._setup_optimizer()
         self._setup_prefixes()
+        if saved is not None:
+            self._restore(saved)
 
     def _setup_data(self) -> None:
         """Everything read from disk before the model loads, so bad input fails fast."""
@@ -202,17 +217,11 @@ class Trainer:
     def train(self) -> TrainReport:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        r = self.recipe
-        records: list[EpochRecord] = []
-        best: tuple[float, float] | None = None
-        best_state: dict[str, torch.Tensor] | None = None
-        best_metrics: Metrics | None = None
-        best_loglik: torch.Tensor | None = None
-        best_epoch = 0
-        stale = 0
+        r, run = self.recipe, self.run
+        first = run.epoch + 1
         started = time.perf_counter()
-        self.progress.start("Training", self.epochs * self.n_batches)
-        for epoch in range(1, self.epochs + 1):
+        self.progress.start("Training", (self.epochs - run.epoch) * self.n_batches)
+        for epoch in range(first, self.epochs + 1):
             epoch_start = time.perf_counter()
             loss_sum, token_sum = self._train_epoch(epoch)
             metrics, val_loss, val_loglik = self.evaluate()
@@ -224,7 +233,7 @@ class Trainer:
                 val_macro_f1=metrics.macro_f1,
                 seconds=time.perf_counter() - epoch_start,
             )
-            records.append(record)
+            run.records.append(record)
             self.progress.log(
                 f"epoch {epoch}: train loss {record.train_loss:.4f}  val loss {val_loss:.4f}  "
                 f"accuracy {metrics.accuracy:.3f}  macro-F1 {metrics.macro_f1:.3f}"
@@ -232,18 +241,24 @@ class Trainer:
             score = (metrics.macro_f1 + metrics.accuracy, -val_loss)
             if not math.isfinite(val_loss):  # its predictions are argmaxes over NaN: never the best
                 self.progress.log(f"epoch {epoch}: validation loss is {val_loss}; it cannot be chosen.")
-                stale += 1
-            elif best is None or score > best:
-                best, best_epoch, best_metrics, best_loglik, stale = score, epoch, metrics, val_loglik, 0
-                best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
+                run.stale += 1
+            elif run.best_score is None or score > run.best_score:
+                run.best_score, run.best_epoch, run.best_loglik, run.stale = score, epoch, val_loglik, 0
+                run.best_state = {
+                    k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()
+                }
             else:
-                stale += 1
-                if r.early_stop and stale >= r.early_stop:
-                    self.progress.log(f"Stopping early: no improvement for {stale} epoch(s).")
+                run.stale += 1
+                if r.early_stop and run.stale >= r.early_stop:
+                    self.progress.log(f"Stopping early: no improvement for {run.stale} epoch(s).")
                     break
-        if best_state is None or best_metrics is None or best_loglik is None:
+            if epoch < self.epochs:  # not the last: a kill while saving resumes from the one before
+                self._keep_state()
+        records, best_loglik = run.records, run.best_loglik
+        if run.best_state is None or best_loglik is None:
             raise self._diverged("no epoch had a finite validation loss")
-        set_peft_model_state_dict(self.peft, best_state)
+        best_metrics = self._judge(best_loglik)[0]  # as evaluate() gave it at that epoch
+        set_peft_model_state_dict(self.peft, run.best_state)
         self.model.eval()
         temperature = fit_temperature(best_loglik, self.val_gold)
         self.readout = self._fit_readout(best_loglik, temperature)
@@ -258,14 +273,16 @@ class Trainer:
         seconds = time.perf_counter() - started
         self.report = TrainReport(
             epochs=records,
-            best_epoch=best_epoch,
+            best_epoch=run.best_epoch,
             metrics=best_metrics,
             n_train=len(self.train_enc),
             n_val=len(self.val_enc),
             truncated_items=self.truncated_items,
             train_seconds=seconds,
             cache_seconds=self.cache_seconds,
-            examples_per_second=len(self.train_enc) * len(records) / (seconds + self.cache_seconds),
+            examples_per_second=len(self.train_enc)
+            * (len(records) + 1 - first)
+            / (seconds + self.cache_seconds),
             prefix_cache="kept across epochs"
             if self.prefixes.kept
             else ("per batch" if self.uses_cache else "off"),
@@ -353,6 +370,10 @@ class Trainer:
                 ll = scoring.full_loglik(self.peft, self.fmt, [self.val_enc[k].prefix for k in keys])
             rows.append(ll.float().cpu())
         loglik = gather_rows(torch.cat(rows), mine, len(self.val_enc), self.shard)
+        return (*self._judge(loglik), loglik)
+
+    def _judge(self, loglik: torch.Tensor) -> tuple[Metrics, float]:
+        """Metrics and loss per label token of the [N_val, K] validation log-likelihoods."""
         preds: list[str] = []
         nll, tokens = 0.0, 0
         for row, e in zip(loglik, self.val_enc, strict=True):
@@ -360,7 +381,7 @@ class Trainer:
             tokens += len(self.fmt.label_ids[e.label])
             preds.append(self.fmt.labels[int(row.argmax())])
         metrics = classification_metrics([e.label for e in self.val_enc], preds, self.fmt.labels)
-        return metrics, nll / max(tokens, 1), loglik
+        return metrics, nll / max(tokens, 1)
 
     @property
     def val_gold(self) -> list[int]:
@@ -419,6 +440,8 @@ class Trainer:
                 reports.model_card(info, self.report.to_dict()), encoding="utf-8"
             )
         self.report.outfile = str(target)
+        if self.state_file is not None:  # the run is complete: nothing to resume
+            self.state_file.unlink(missing_ok=True)
         return target
 
 

@@ -73,9 +73,13 @@ def train(
             help="Peak AdamW learning rate (linear warm-up, then linear decay).", rich_help_panel=OPT
         ),
     ] = _D["learning_rate"],
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.", rich_help_panel=OPT)] = _D[
-        "batch_size"
-    ],
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Examples per forward pass, per process (several processes: batch_size x processes per batch).",
+            rich_help_panel=OPT,
+        ),
+    ] = _D["batch_size"],
     grad_accum: Annotated[int, typer.Option(help="Batches per optimiser step.", rich_help_panel=OPT)] = _D[
         "grad_accum"
     ],
@@ -140,12 +144,20 @@ def train(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow the base model's own Python code to run.", rich_help_panel=MODEL)
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run of the same data and settings from its last completed epoch "
+            "(its state is kept beside --outfile); without one, start from the first epoch.",
+            rich_help_panel=RUN,
+        ),
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the training report as JSON on stdout.", rich_help_panel=RUN)
     ] = False,
 ) -> None:
     """Train an aLoRA or LoRA validator adapter on labeled JSONL and evaluate it on a held-out split."""
-    # Every parameter but --json is a field of the same name, of TrainConfig or of its Recipe; paths
+    # Every parameter but --json and --resume is a field of the same name, of TrainConfig or of its Recipe; paths
     # travel as strings.
     values = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k in _RUN | _RECIPE}
     recipe = Recipe(**{k: v for k, v in values.items() if k in _RECIPE})
@@ -154,7 +166,7 @@ def train(
     from validora.distributed import launched_rank
 
     if launched_rank() != 0:  # one of several processes (accelerate launch, torchrun): rank 0 speaks
-        _train_quietly(config)
+        _train_quietly(config, resume)
         return
     console.print(
         f"Training {recipe.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
@@ -169,18 +181,23 @@ def train(
     sigterm_as_interrupt()
     try:
         with RichProgress() as progress:
-            trainer = Trainer(config, progress)
+            trainer = Trainer(config, progress, keep_state=True, resume_state=resume)
             trainer.setup()
             report = trainer.train()
             target = trainer.save()
             _end(trainer)
     except KeyboardInterrupt:
+        from validora.resume import state_path
+
         # A signal during the final rename is held until it is done: say which adapter --outfile holds.
         now = _identity(outfile)
         if now is not None and now != before:
             said = f"The new adapter had already been written to {outfile}."
+            state_path(outfile).unlink(missing_ok=True)  # nothing left to resume
         else:
             said = f"Nothing was written; {outfile} is as it was."
+            if state_path(outfile).is_file():
+                said += " Run the same command with --resume to continue from the last completed epoch."
         console.print(f"[yellow]Interrupted.[/] {escape(said)}", highlight=False)
         raise typer.Exit(130) from None
     if json_out:
@@ -218,13 +235,13 @@ def train(
     console.print(f"Adapter written to [bold]{target}[/]")
 
 
-def _train_quietly(config: TrainConfig) -> None:
+def _train_quietly(config: TrainConfig, resume: bool) -> None:
     """A process other than rank 0: the same work, nothing printed (errors still are); rank 0 saves."""
     from validora.training import SilentProgress, Trainer
 
     sigterm_as_interrupt()
     try:
-        trainer = Trainer(config, SilentProgress())
+        trainer = Trainer(config, SilentProgress(), keep_state=True, resume_state=resume)
         trainer.setup()
         trainer.train()
         _end(trainer)
