@@ -9,7 +9,7 @@ LAYER = {
     "session": 3, "context": 3, "requirements": 3, "sampling": 3,
     "backends": 2, "training": 2, "publish": 2, "batch": 2, "serve": 2,
     "adapters": 1, "ioyaml": 1, "scoring": 1, "checks": 1, "validator": 1, "reports": 1, "prefix_store": 1, "recipe": 1,
-    "export": 1, "llamacpp": 1, "lexical": 1, "importing": 1,
+    "export": 1, "llamacpp": 1, "lexical": 1, "importing": 1, "distributed": 1, "resume": 1, "train_report": 1,
     "metrics": 0, "calibration": 0,
     "data": 0, "prompting": 0, "models": 0, "hub": 0, "errors": 0, "layouts": 0, "names": 0, "attention": 0,
     "packing": 0,
