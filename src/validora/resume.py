@@ -152,6 +152,12 @@ def _flock(fd: int) -> bool:
         return False
 
 
+def remove_state(path: Path) -> None:
+    """The run is complete: nothing to resume (a state that cannot be removed only costs disk space)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Temporary state files of killed runs (a live writer holds its flock and keeps its file)."""
     with contextlib.suppress(OSError):
@@ -292,9 +298,16 @@ class KeepsState:
         if self.state_file is None:
             return
         rngs = gather_objects(rng_state(), self.shard)  # every process's dropout RNG
-        if self.shard.main:
+        if not self.shard.main:
+            return
+        try:
             save_state(
                 self.state_file, self.run, fingerprint=self.fingerprint,
                 model=get_peft_model_state_dict(self.peft), optimizer=self.optimizer.state_dict(),
                 scheduler=self.lr_scheduler.state_dict(), rngs=rngs,
             )  # fmt: skip
+        except Exception as exc:  # a full disk (safetensors has its own error type): the run goes on
+            if getattr(self, "_state_failed", False):
+                return
+            self._state_failed = True
+            self.progress.log(f"Could not keep the training state at {self.state_file} ({exc}); --resume would go back further, or start over.")  # fmt: skip

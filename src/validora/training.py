@@ -441,7 +441,7 @@ class Trainer(resume.KeepsState):
             )
         self.report.outfile = str(target)
         if self.state_file is not None:  # the run is complete: nothing to resume
-            self.state_file.unlink(missing_ok=True)
+            resume.remove_state(self.state_file)
         return target
 
 
