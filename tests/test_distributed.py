@@ -159,7 +159,8 @@ def test_sigterm_to_one_worker_keeps_the_earlier_adapter(tmp_path, trained_adapt
     assert proc.returncode != 0, output + rest
     assert "Adapter written" not in rest
     assert (out / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter"]  # no staging or probe left behind
+    left = {p.name for p in folder.iterdir()} - {state_path(out).name}  # epoch 1's, if kept: resumable
+    assert left == {"adapter"}  # no staging or probe left behind
 
 
 @pytest.mark.gpu
