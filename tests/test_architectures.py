@@ -374,3 +374,31 @@ def test_a_role_name_inside_a_special_token_is_not_renamed():
     assert derive_invocation_prompt(tok) == GRANITE_INVOCATION
     tok.chat_template = tok.chat_template.replace("'<|' + m.role + '|>", "'<|im_start|>' + m.role + '")
     assert derive_invocation_prompt(tok) == "<|im_start|>check_requirement\n"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "architecture", "config"),
+    [
+        ("gpt2", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 1, "n_head": 2}),  # c_attn, c_fc: no match
+        ("phi3", "Phi3ForCausalLM", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                                      "num_attention_heads": 2, "num_key_value_heads": 2}),  # fused qkv
+    ],
+    ids=["gpt2", "phi3"],
+)  # fmt: skip
+def test_a_base_model_without_the_target_layers_is_refused_by_name(
+    model_type, architecture, config, tmp_path
+):
+    """Phi-3 matched o_proj and down_proj only, and trained on them silently; GPT-2 got PEFT's bare error."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = tiny_models.tokenizer(tiny_models.FAMILIES["llama"])
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), **config)
+    cfg.architectures = [architecture]
+    base = tmp_path / model_type
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(base, safe_serialization=True)
+    tok.save_pretrained(base)
+    data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
+    result = m("train", data, "--basemodel", base, "--outfile", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert architecture in result.stderr and "q_proj" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

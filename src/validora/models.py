@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,6 +322,24 @@ def check_causal_lm(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> 
         "validora trains and runs adapters on decoder-only models such as LlamaForCausalLM, "
         "GraniteForCausalLM and Qwen2ForCausalLM."
     )
+
+
+def check_target_modules(model: Any, targets: Sequence[str]) -> None:
+    """Refuse, naming the architecture, a base model without a linear layer named as each target.
+
+    PEFT fails only when no target matches at all (GPT-2: a bare "Target modules ... not found") and
+    silently adapts the ones that do: Phi-3's fused qkv_proj / gate_up_proj would train an aLoRA on
+    o_proj and down_proj alone.
+    """
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        names = getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__]
+        raise ConfigError(
+            f"{', '.join(names)} has no {', '.join(missing)} layers (its linear layers: "
+            f"{', '.join(sorted(linear - {'lm_head'}))}); validora's adapters target "
+            f"{', '.join(targets)}, as in Llama, Granite, Qwen2/3 and Mistral models."
+        )
 
 
 def _declared_architecture(spec: BaseModelSpec) -> str:

@@ -28,7 +28,7 @@ from validora.distributed import Shard, all_sum, gather_rows, shard_of, sum_grad
 from validora.errors import ConfigError
 from validora.lexical import LEXICAL_FILE, Readout, fit_lexical, lexical_text
 from validora.metrics import Metrics, classification_metrics
-from validora.models import LoadedModel, load_base_model
+from validora.models import LoadedModel, check_target_modules, load_base_model
 from validora.packing import Packed, Segment, pack
 from validora.prefix_store import PrefixStore
 from validora.prompting import PromptFormat, load_promptfile
@@ -138,6 +138,7 @@ class Trainer(resume.KeepsState):
             task_type="CAUSAL_LM",
             alora_invocation_tokens=self.fmt.invocation_ids if r.adapter == "alora" else None,
         )
+        check_target_modules(loaded.model, r.target_modules)
         try:
             self.peft = get_peft_model(loaded.model, lora)
         except ValueError as exc:  # PEFT's NoMatchingPeftModuleError: target_modules not in this model
