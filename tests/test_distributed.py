@@ -31,6 +31,7 @@ from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, write_jsonl
 ARGS = ["--epochs", "2", "--rank", "2", "--max-length", "48", "--dropout", "0", "--seed", "5",
         "--learning-rate", "5e-3", "--device", "cpu"]  # fmt: skip
 ACCELERATE = Path(sys.executable).parent / "accelerate"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def free_port() -> int:
@@ -39,14 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, args: list[str], pause: bool = False, **popen: object) -> subprocess.Popen:
+def launch(
+    processes: int, args: list[str], pause: bool = False, torchrun: bool = False, **popen: object
+) -> subprocess.Popen:
     """`accelerate launch --multi_gpu` starts torchrun's workers; on a CPU-only machine they use gloo.
-    `pause`: rank 0 waits a minute, with a line on stderr, each time it has kept an epoch's state."""
+    `torchrun`: the README's other command, torchrun itself. `pause`: rank 0 waits a minute, with a line
+    on stderr, each time it has kept an epoch's state."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env |= {PAUSE_ENV: "60"} if pause else {}
-    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "validora.cli", "alora", "train", *args]  # fmt: skip
+    if torchrun:
+        command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(processes)]
+    else:
+        command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port())]  # fmt: skip
+    command += ["-m", "validora.cli", "alora", "train", *args]
     return subprocess.Popen(command, env=env, cwd=ROOT, text=True, **popen)  # type: ignore[call-overload]
 
 
@@ -134,6 +142,7 @@ def worker_pids(launcher: int) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_keeps_the_earlier_adapter(tmp_path, trained_adapter):
+    """Launched with torchrun (the README's second command): one worker killed ends the whole run."""
     import shutil
 
     folder = tmp_path / "run"
@@ -143,7 +152,7 @@ def test_sigterm_to_one_worker_keeps_the_earlier_adapter(tmp_path, trained_adapt
     before = (out / "adapter_model.safetensors").read_bytes()
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
     args = [str(data), "--outfile", str(out), "--overwrite", "--batch-size", "2", *ARGS[2:], "--epochs", "40"]
-    proc = launch(2, args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = launch(2, args, torchrun=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     output, deadline = "", time.time() + 240
     while time.time() < deadline and "epoch 1:" not in output:
