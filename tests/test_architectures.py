@@ -323,7 +323,7 @@ def test_train_on_a_hub_id(family, hub, tmp_path):
 def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
     """aLoRA's training pass (prefix cached by the base model, adapter on the suffix) gives the loss and
     gradients of the plain full forward, and the NLL of PEFT's own forward, on every family."""
-    from .test_training import grads, make_trainer
+    from .test_training import grads, make_trainer, peft_own_nll
 
     _, base = any_family
     data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))
@@ -349,16 +349,8 @@ def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
     assert gradients[0].keys() == gradients[1].keys() and gradients[0]
     for name, g in gradients[1].items():
         assert torch.allclose(gradients[0][name], g, rtol=1e-3, atol=1e-6), name
-    nll, count = 0.0, 0
-    trainer = trainers[0]
-    for e in (trainer.train_enc[k] for k in keys):
-        ids = [*e.prefix, *trainer.fmt.invocation_ids, *trainer.fmt.label_ids[e.label]]
-        n = len(trainer.fmt.label_ids[e.label])
-        with torch.no_grad():
-            logp = trainer.peft(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
-        nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
-        count += n
-    assert nll / count == pytest.approx(cached_nll, abs=1e-4)
+    batch = [trainers[0].train_enc[k] for k in keys]
+    assert peft_own_nll(trainers[0], batch) == pytest.approx(cached_nll, abs=1e-4)
 
 
 def test_a_role_name_inside_a_special_token_is_not_renamed():

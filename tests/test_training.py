@@ -45,6 +45,19 @@ def grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     }
 
 
+def peft_own_nll(trainer: Trainer, batch: list) -> float:
+    """The gold label tokens' mean NLL by PEFT's own forward: whole prompt in, aLoRA offsets its own."""
+    nll, count = 0.0, 0
+    for e in batch:
+        ids = [*e.prefix, *trainer.fmt.invocation_ids, *trainer.fmt.label_ids[e.label]]
+        n = len(trainer.fmt.label_ids[e.label])
+        with torch.no_grad():
+            logp = trainer.peft(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
+        count += n
+    return nll / count
+
+
 def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, small_data):
     # The forward is chosen by the config: prefix_cache off is the plain full-sequence forward, the
     # adapter active from the invocation on. Same seed, so both start from the same adapter weights.
@@ -81,15 +94,7 @@ def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, sm
         assert torch.allclose(g_cached[name], g_full[name], rtol=1e-3, atol=1e-6), name
     assert max(g.abs().max() for g in g_full.values()) > 0
     # And both equal PEFT's own computation: the whole prompt in, aLoRA offsets found by PEFT itself.
-    nll, count = 0.0, 0
-    for e in batch:
-        ids = [*e.prefix, *trainer.fmt.invocation_ids, *trainer.fmt.label_ids[e.label]]
-        n = len(trainer.fmt.label_ids[e.label])
-        with torch.no_grad():
-            logp = trainer.peft(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
-        nll -= sum(float(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n))
-        count += n
-    assert nll / count == pytest.approx(cached_nll, abs=1e-4)  # the objective adds label smoothing
+    assert peft_own_nll(trainer, batch) == pytest.approx(cached_nll, abs=1e-4)  # the objective adds smoothing
 
 
 def test_two_seeded_runs_give_the_same_losses_and_the_loss_falls(fresh_model, tmp_path):
