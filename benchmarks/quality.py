@@ -165,6 +165,7 @@ class Suite:
                 scores = score_items(trainer.peft, trainer.fmt, [test[i]["item"] for i in idx], req, **extra)
                 for i, s in zip(idx, scores, strict=True):
                     probs[i] = [s.probs[lab] for lab in trainer.fmt.labels]
+            self._dump(name, digest, label, trainer, test, score_items)
             result = baselines.summarise(
                 [r["label"] for r in test], probs, list(trainer.fmt.labels), seconds,
                 chosen={**overrides, "epochs_run": len(report.epochs), "best_epoch": report.best_epoch,
@@ -174,6 +175,31 @@ class Suite:
         self._loaded = None  # the Trainer wrapped the model: load a fresh one for the next set
         _write_json(self._key(name, digest, "validora", label), result)
         return result
+
+    def _dump(self, name: str, digest: str, label: str, trainer: Any, test: list, score_items: Any) -> None:
+        """The adapter's raw label log-likelihoods (validation and test) and every split's texts, so
+        that readout variants (lexical.py) are measured without training again: benchmarks/readouts.py."""
+        from validora.lexical import Readout, lexical_text
+
+        _, _, val_loglik = trainer.evaluate()
+        raw: list[list[float] | None] = [None] * len(test)
+        for req in dict.fromkeys(r.get("requirement") for r in test):
+            idx = [i for i, r in enumerate(test) if r.get("requirement") == req]
+            items = [test[i]["item"] for i in idx]
+            for i, s in zip(
+                idx, score_items(trainer.peft, trainer.fmt, items, req, readout=Readout(1.0)), strict=True
+            ):
+                raw[i] = [s.probs[lab] for lab in trainer.fmt.labels]  # softmax of the log-likelihoods
+        pairs = {
+            split: [[lexical_text(e.item, e.requirement), e.label] for e in examples]
+            for split, examples in (("train", trainer.train_examples), ("val", trainer.val_examples))
+        }
+        pairs["test"] = [[lexical_text(r["item"], r.get("requirement")), r["label"]] for r in test]
+        folder = cache_root() / "quality" / "dumps"
+        folder.mkdir(parents=True, exist_ok=True)
+        dump = {"labels": list(trainer.fmt.labels), "temperature": trainer.report.temperature,
+                "val_loglik": val_loglik.tolist(), "test_probs_t1": raw, **pairs}  # fmt: skip
+        _write_json(folder / f"{name}-{digest}-{label}.json", dump)
 
     def cached_variant(self, name: str, digest: str, label: str) -> dict[str, Any] | None:
         path = self._key(name, digest, "validora", label)

@@ -108,6 +108,16 @@ def test_recipe_refuses_a_weight_outside_zero_to_one():
             Recipe(lexical_weight=bad)
 
 
+def test_refit_keeps_the_choices_and_learns_from_the_new_pairs():
+    chosen = LexicalModel.fit("word 1-2", 10.0, TEXTS[::2], GOLD[::2], LABELS)
+    chosen.temperature = 0.7
+    refit = chosen.refit(list(zip(TEXTS, GOLD, strict=True)))
+    assert (refit.kind, refit.c, refit.temperature, refit.labels) == ("word 1-2", 10.0, 0.7, LABELS)
+    assert "burns" in refit.terms and "burns" not in chosen.terms  # it learned from the added texts
+    want = LexicalModel.fit("word 1-2", 10.0, TEXTS, GOLD, LABELS)
+    assert np.allclose(refit.coef, want.coef) and refit.terms == want.terms
+
+
 # ----- on the real trained adapter -------------------------------------------------------------------------
 NOTES = ["Knocks at 3100 RPM under load.", "Blue smoke on startup, burns oil.", "Idle surges, fuel weeping."]
 
@@ -126,6 +136,21 @@ def test_a_trained_adapter_carries_its_lexical_model_and_predict_applies_it(trai
     have = torch.tensor([[s.probs[k] for k in validator.fmt.labels] for s in got])
     assert torch.allclose(have, want, atol=1e-4)
     assert not torch.allclose(have, p_adapter, atol=1e-3)  # the lexical model did change them
+
+
+def test_the_kept_lexical_model_has_seen_training_and_validation_items(trained_adapter, small_data):
+    """Kind, C and temperatures are chosen on the validation split; the model kept is then refitted on
+    every item of the data file (training + validation), as a TF-IDF baseline uses all its data."""
+    info = AdapterInfo.read(trained_adapter)
+    kept = LexicalModel.load(trained_adapter / LEXICAL_FILE, info.labels)
+    rows = [json.loads(line) for line in small_data.read_text().splitlines()]
+    assert info.training["n_val"] > 0 and len(rows) == info.training["n_train"] + info.training["n_val"]
+    everything = LexicalModel.fit(
+        kept.kind, kept.c, [lexical_text(r["item"], r.get("requirement")) for r in rows],
+        [r["label"] for r in rows], info.labels,
+    )  # fmt: skip
+    assert kept.terms == everything.terms
+    assert np.allclose(kept.coef, everything.coef, atol=1e-4)
 
 
 def test_program_checks_apply_the_same_readout_as_predict(trained_adapter):

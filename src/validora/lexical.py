@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,14 @@ class LexicalModel:
             kind, float(c), list(labels), vectorizer.get_feature_names_out().tolist(),
             vectorizer.idf_.astype(np.float64), coef[order].astype(np.float64), intercept[order].astype(np.float64),
         )  # fmt: skip
+
+    def refit(self, pairs: Sequence[tuple[str, str]]) -> LexicalModel:
+        """The same kind, C and temperature fitted on other (text, label) pairs: training + validation
+        once those were chosen on the validation split, so the kept model has seen every example."""
+        texts, gold = [t for t, _ in pairs], [g for _, g in pairs]
+        model = LexicalModel.fit(self.kind, self.c, texts, gold, self.labels)
+        model.temperature = self.temperature
+        return model
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -232,3 +240,30 @@ class Readout:
             return cls(info.temperature)
         model = LexicalModel.load(Path(directory) / LEXICAL_FILE, info.labels)
         return cls(info.temperature, model, float(lexical["weight"]), float(lexical["mixture_temperature"]))
+
+
+def fit_readouts(
+    loglik: torch.Tensor,
+    temperature: float,
+    pairs: tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]],
+    labels: Sequence[str],
+    weight: float,
+) -> tuple[Readout, Readout]:
+    """An adapter's readouts from its validation log-likelihoods `loglik` [N_val, K] (already fitted:
+    its `temperature`) and the (text, label) `pairs` of the training and validation splits.
+
+    The lexical model's n-grams, C and temperature and the mixture's temperature are chosen on the
+    validation split. Two readouts: the held-out one (lexical model fitted on the training split: the
+    validation figures are its) and the one kept, its lexical model refitted on training + validation
+    with the same choices, as a TF-IDF baseline is refitted on all its data (BENCHMARKS.md, "Refitting
+    the lexical model": more accurate on average and better calibrated on the quality suite).
+    Without a lexical model (weight 0, or a label with no training text) both are the adapter alone.
+    """
+    alone = Readout(temperature)
+    model = fit_lexical(*pairs, labels) if weight > 0 else None
+    if model is None:
+        return alone, alone
+    index = {label: i for i, label in enumerate(labels)}
+    mixture = Readout(temperature, model, weight).mixture(loglik, [t for t, _ in pairs[1]])
+    held_out = Readout(temperature, model, weight, fit_temperature(mixture, [index[g] for _, g in pairs[1]]))
+    return held_out, replace(held_out, lexical=model.refit([*pairs[0], *pairs[1]]))

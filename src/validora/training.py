@@ -26,7 +26,7 @@ from validora.calibration import expected_calibration_error, fit_temperature, to
 from validora.data import Example, labels_of, load_jsonl, stratified_split
 from validora.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
 from validora.errors import ConfigError
-from validora.lexical import LEXICAL_FILE, Readout, fit_lexical, lexical_text
+from validora.lexical import LEXICAL_FILE, Readout, fit_readouts, lexical_text
 from validora.metrics import Metrics, classification_metrics
 from validora.models import LoadedModel, check_target_modules, load_base_model
 from validora.packing import Packed, Segment, pack
@@ -262,9 +262,9 @@ class Trainer(resume.KeepsState):
         set_peft_model_state_dict(self.peft, run.best_state)
         self.model.eval()
         temperature = fit_temperature(best_loglik, self.val_gold)
-        self.readout = self._fit_readout(best_loglik, temperature)
+        held_out, self.readout = self._fit_readout(best_loglik, temperature)
         val_texts = [lexical_text(e.item, e.requirement) for e in self.val_examples]
-        self.val_probs = self.readout.probabilities(best_loglik, val_texts)  # for the reliability diagram
+        self.val_probs = held_out.probabilities(best_loglik, val_texts)  # for the reliability diagram
         lexical = self.readout.describe()
         if (
             lexical is not None
@@ -330,19 +330,14 @@ class Trainer(resume.KeepsState):
         loss_sum, tokens = all_sum([loss_sum, token_sum], shard)
         return loss_sum, int(tokens)
 
-    def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> Readout:
-        """The adapter's temperature and, unless the recipe's lexical_weight is 0, the lexical model mixed
-        in (lexical.py), its n-grams and C and the mixture's temperature chosen on the validation split."""
+    def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> tuple[Readout, Readout]:
+        """The held-out readout and the one kept (lexical.fit_readouts), unless lexical_weight is 0."""
         weight = self.recipe.lexical_weight
-        if weight == 0:
-            return Readout(temperature)
-        pairs = [[(lexical_text(e.item, e.requirement), e.label) for e in split] for split in (self.train_examples, self.val_examples)]  # fmt: skip
-        model = fit_lexical(*pairs, self.fmt.labels)
-        if model is None:
+        pairs = tuple([(lexical_text(e.item, e.requirement), e.label) for e in split] for split in (self.train_examples, self.val_examples))  # fmt: skip
+        held_out, kept = fit_readouts(loglik, temperature, pairs, self.fmt.labels, weight)
+        if weight > 0 and not kept.mixes:
             self.progress.log("No lexical model (a label has no training example): the adapter scores alone.")
-            return Readout(temperature)
-        mixture = Readout(temperature, model, weight).mixture(loglik, [t for t, _ in pairs[1]])
-        return Readout(temperature, model, weight, fit_temperature(mixture, self.val_gold))
+        return held_out, kept
 
     def _weights_finite(self) -> bool:
         """Cheap: one fused max-abs per tensor (as clip_grad_norm_ fuses), NaN or inf if any weight is."""
