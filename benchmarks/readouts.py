@@ -32,12 +32,17 @@ from validora.lexical import Readout, fit_readouts
 WEIGHTS = (0.25, 0.5, 0.75)
 
 
-def score(probs: torch.Tensor, gold: list[int]) -> tuple[float, float]:
-    accuracy = float((probs.argmax(-1) == torch.tensor(gold)).float().mean())
-    return accuracy, expected_calibration_error(*top_label(probs, gold))
+def score(probs: torch.Tensor, gold: list[int]) -> tuple[float, float, float]:
+    """Test accuracy, macro-F1, ECE (10 bins)."""
+    from sklearn.metrics import f1_score
+
+    predicted = probs.argmax(-1)
+    accuracy = float((predicted == torch.tensor(gold)).float().mean())
+    f1 = float(f1_score(gold, predicted.tolist(), average="macro"))
+    return accuracy, f1, expected_calibration_error(*top_label(probs, gold))
 
 
-def variants(dump: dict[str, Any]) -> dict[str, tuple[float, float]]:
+def variants(dump: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
     labels = dump["labels"]
     index = {label: i for i, label in enumerate(labels)}
     pairs = tuple([(t, g) for t, g in dump[split]] for split in ("train", "val"))
@@ -69,10 +74,10 @@ def main() -> None:
         parser.error(f"no dumps for {args.label!r}: run benchmarks/quality.py --methods validora --label ...")
     rows = {p.name[: -len(f"-{args.label}.json")]: variants(json.loads(p.read_text())) for p in paths}
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-    print("| set | " + " | ".join(f"{c}: acc / ECE" for c in columns) + " |")
+    print("| set | " + " | ".join(f"{c}: acc / F1 / ECE" for c in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name, row in rows.items():
-        cells = [f"{row[c][0]:.3f} / {row[c][1]:.3f}" if c in row else "–" for c in columns]
+        cells = [" / ".join(f"{v:.3f}" for v in row[c]) if c in row else "–" for c in columns]
         print(f"| {name} | " + " | ".join(cells) + " |")
     means = [
         sum(r[c][0] for r in rows.values() if c in r) / sum(c in r for r in rows.values()) for c in columns
