@@ -162,5 +162,7 @@ def test_an_epoch_with_nan_validation_loss_is_never_chosen(fresh_model, tmp_path
 
 
 def test_target_modules_missing_from_the_model_are_a_config_error(fresh_model, tmp_path: Path):
-    with pytest.raises(ConfigError, match=r"target_modules \['nope_proj'\]: Target modules .* not found"):
+    with pytest.raises(
+        ConfigError, match=r"LlamaForCausalLM has no nope_proj layers \(its linear layers: down_proj"
+    ):
         make_trainer(fresh_model, tmp_path, target_modules=["nope_proj"])

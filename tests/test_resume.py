@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -43,7 +44,8 @@ def interrupted(tmp_path_factory) -> tuple[Path, Path]:
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
+        # as many threads as the in-process runs below: CPU kernels sum in another order with another count
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
         PAUSE_ENV: "60",
     }
     command = [sys.executable, "-m", "validora.cli", "alora", "train", str(data), "--outfile", str(folder / "adapter"), *ARGS]  # fmt: skip
