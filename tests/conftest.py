@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 LABELS = ["piston_rings", "connecting_rod", "mini_carburetor", "no_failure"]
+
+
+def read_until(proc: Any, text: str, seconds: float = 240) -> str:
+    """A child's output up to the first line holding `text` (all of it if it ends or `seconds` pass
+    first): tests signal the child at that moment."""
+    assert proc.stdout is not None
+    output, deadline = "", time.time() + seconds
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        output += line
+        if text in line or not line:
+            break
+    return output
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from validora.cli import app
 from validora.resume import PAUSE_ENV, state_path
 
-from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, write_jsonl
+from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
 ARGS = ["--epochs", "2", "--rank", "2", "--max-length", "48", "--dropout", "0", "--seed", "5",
         "--learning-rate", "5e-3", "--device", "cpu"]  # fmt: skip
@@ -79,10 +79,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fresh_mode
     started = time.perf_counter()
     args = [str(data), "--outfile", str(two), "--batch-size", "2", *ARGS]
     proc = launch(2, args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pause=True)
-    assert proc.stdout is not None
-    output = ""
-    while "validora-test: state kept after epoch 1" not in output and (line := proc.stdout.readline()):
-        output += line
+    output = read_until(proc, "validora-test: state kept after epoch 1", seconds=600)
     proc.send_signal(signal.SIGTERM)
     output += proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and state_path(two).is_file() and not two.exists(), output
@@ -153,13 +150,7 @@ def test_sigterm_to_one_worker_keeps_the_earlier_adapter(tmp_path, trained_adapt
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
     args = [str(data), "--outfile", str(out), "--overwrite", "--batch-size", "2", *ARGS[2:], "--epochs", "40"]
     proc = launch(2, args, torchrun=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output, deadline = "", time.time() + 240
-    while time.time() < deadline and "epoch 1:" not in output:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output += line
+    output = read_until(proc, "epoch 1:")
     assert "epoch 1:" in output, output
     pids = worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], output

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typer.testing import CliRunner
 from validora.adapters import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
 
-from .conftest import ROOT, engine_rows, write_jsonl
+from .conftest import ROOT, engine_rows, read_until, write_jsonl
 
 PAUSE = 8  # seconds the save waits at each test point (a signal there ends the wait, unless deferred)
 USER_FILES = {"io.yaml": "model: null\n", "notes.txt": "mine, not validora's"}
@@ -110,13 +109,7 @@ def run_and_signal(case: Case, folder: Path, data: Path) -> tuple[int, str]:
         # Only SIGTERM and SIGKILL are sent, so SIGINT's inherited disposition does not matter here
         # (test_training's SIGINT test resets it with preexec_fn, which is unsafe from these threads).
     )
-    assert proc.stdout is not None
-    output, deadline = "", time.time() + 240
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        output += line
-        if case.trigger in line or not line:
-            break
+    output = read_until(proc, case.trigger)
     if case.trigger in output:
         proc.send_signal(case.sig)
     else:

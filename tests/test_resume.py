@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from validora.cli import app
 from validora.resume import PAUSE_ENV, state_path
 
-from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, write_jsonl
+from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
 ARGS = ["--epochs", "3", "--rank", "2", "--max-length", "48", "--seed", "4", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
 
@@ -52,13 +52,7 @@ def interrupted(tmp_path_factory) -> tuple[Path, Path]:
     proc = subprocess.Popen(
         command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    assert proc.stdout is not None
-    output, deadline = "", time.time() + 240
-    while time.time() < deadline and "validora-test: state kept after epoch 1" not in output:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output += line
+    output = read_until(proc, "validora-test: state kept after epoch 1")
     assert "state kept after epoch 1" in output, output
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=60)

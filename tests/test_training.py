@@ -18,7 +18,7 @@ from validora.cli import app
 from validora.recipe import DEFAULT_TARGETS
 from validora.training import Recipe, TrainConfig, Trainer
 
-from .conftest import ROOT, engine_rows, write_jsonl
+from .conftest import ROOT, engine_rows, read_until, write_jsonl
 
 runner = CliRunner()
 
@@ -303,14 +303,7 @@ def test_interrupting_a_real_run_keeps_the_earlier_adapter(trained_adapter: Path
         # ignored: start the child with the default disposition, as a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    output = ""
-    deadline = time.time() + 240
-    assert proc.stdout is not None
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        output += line
-        if "Prefix caches" in line or not line:
-            break
+    output = read_until(proc, "Prefix caches")
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
