@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from validora.data import Example, stratified_split
-from validora.metrics import classification_metrics
+from validora.core.data import Example, stratified_split
+from validora.core.metrics import classification_metrics
 
 Row = Mapping[str, str]
 C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -57,7 +57,7 @@ def ece(probs: Any, gold: Sequence[str], labels: Sequence[str], bins: int = 10) 
     top, arg = p.max(axis=1), p.argmax(axis=1)
     correct = [labels[a] == g for a, g in zip(arg, gold, strict=True)]
     try:
-        from validora.calibration import expected_calibration_error
+        from validora.core.calibration import expected_calibration_error
     except ImportError:  # older checkouts: the same definition, here
         edges = np.minimum(np.maximum(np.ceil(top * bins) - 1, 0), bins - 1).astype(int)
         gaps = [abs(np.mean(np.asarray(correct)[edges == b]) - top[edges == b].mean()) * (edges == b).sum()
@@ -150,7 +150,7 @@ def probe_features(
     """
     import torch
 
-    from validora.prompting import PromptFormat
+    from validora.core.prompting import PromptFormat
 
     fmt = PromptFormat(loaded.tokenizer, labels)
     req_len = {}

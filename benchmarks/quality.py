@@ -64,14 +64,14 @@ def _parse_value(text: str) -> Any:
 
 
 def _recipe_keys() -> set[str]:
-    from validora.training import Recipe
+    from validora.train.trainer import Recipe
 
     return set(inspect.signature(Recipe).parameters)
 
 
 def _run_keys() -> set[str]:
     """TrainConfig's run options but those the suite sets itself (data, output) and the recipe."""
-    from validora.training import TrainConfig
+    from validora.train.trainer import TrainConfig
 
     return set(inspect.signature(TrainConfig).parameters) - {"datafile", "outfile", "recipe"}
 
@@ -102,7 +102,7 @@ class Suite:
 
     def loaded(self) -> Any:
         if self._loaded is None:
-            from validora.models import load_base_model
+            from validora.core.models import load_base_model
 
             self._loaded = load_base_model(self.basemodel, device="cpu")
         return self._loaded
@@ -139,8 +139,8 @@ class Suite:
         self, name: str, folder: Path, test: list, digest: str, overrides: dict[str, Any], label: str
     ) -> dict[str, Any]:
         """Train with the Trainer on the set's train.jsonl, then score the test rows."""
-        from validora.scoring import score_items
-        from validora.training import Recipe, TrainConfig, Trainer
+        from validora.score.scoring import score_items
+        from validora.train.trainer import Recipe, TrainConfig, Trainer
 
         with tempfile.TemporaryDirectory(prefix="validora-quality-") as tmp:
             settings = {"device": "cpu", "seed": self.seed, "basemodel": self.basemodel, **overrides}
@@ -179,7 +179,8 @@ class Suite:
     def _dump(self, name: str, digest: str, label: str, trainer: Any, test: list, score_items: Any) -> None:
         """The adapter's raw label log-likelihoods (validation and test) and every split's texts, so
         that readout variants (lexical.py) are measured without training again: benchmarks/readouts.py."""
-        from validora.lexical import Readout, lexical_text
+        from validora.score.lexical import lexical_text
+        from validora.score.readout import Readout
 
         _, _, val_loglik = trainer.evaluate()
         raw: list[list[float] | None] = [None] * len(test)

@@ -3,7 +3,7 @@
 `benchmarks/quality.py` dumps, per set and validora variant, the trained adapter's raw label
 log-likelihoods on the validation and test splits and the texts of every split
 (``<cache>/quality/dumps/<set>-<split>-<label>.json``). Training is seeded and deterministic, so what a
-readout (temperature, lexical model, mixture: `validora.lexical`) would give on that adapter is
+readout (temperature, lexical model, mixture: `validora.score.lexical`) would give on that adapter is
 computed here exactly, in seconds, with the library's own functions:
 
     .venv/bin/python benchmarks/readouts.py --label v4-dump
@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_data import cache_root
 
-from validora.calibration import expected_calibration_error, fit_temperature, top_label
-from validora.lexical import Readout, fit_readouts
+from validora.core.calibration import expected_calibration_error, fit_temperature, top_label
+from validora.score.readout import Readout, fit_readouts
 
 WEIGHTS = (0.25, 0.5, 0.75)
 

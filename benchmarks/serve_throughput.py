@@ -43,8 +43,8 @@ import torch
 
 from validora import CustomIntrinsicAdapter, LocalHFBackend
 from validora.backends.llamacpp import LlamaCppBackend
-from validora.llamacpp import build_info
-from validora.serve import serve
+from validora.llamacpp.build import build_info
+from validora.llamacpp.serving import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADAPTER = ROOT / "checkpoints" / "engine_alora"

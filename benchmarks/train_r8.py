@@ -25,10 +25,10 @@ import torch
 from quality import Log  # one progress printer for the benchmarks
 from r8_data import r8_subsets, tfidf_logreg_baseline, write_jsonl
 
-from validora.metrics import classification_metrics
-from validora.models import load_base_model
-from validora.scoring import score_items
-from validora.training import Recipe, TrainConfig, Trainer
+from validora.core.metrics import classification_metrics
+from validora.core.models import load_base_model
+from validora.score.scoring import score_items
+from validora.train.trainer import Recipe, TrainConfig, Trainer
 
 
 def run(name: str, train_file: Path, test: list[dict], **overrides: Any) -> dict[str, Any]:

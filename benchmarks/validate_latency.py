@@ -26,10 +26,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from validora import CustomIntrinsicAdapter, LocalHFBackend
-from validora.adapters import AdapterInfo
-from validora.models import load_base_model
-from validora.prompting import PromptFormat
-from validora.scoring import prefill
+from validora.adapter.directory import AdapterInfo
+from validora.core.models import load_base_model
+from validora.core.prompting import PromptFormat
+from validora.score.scoring import prefill
 
 LABELS = ["piston_rings", "connecting_rod", "mini_carburetor", "no_failure"]
 NOTES = Path(__file__).resolve().parent.parent / "examples" / "engine_failures.jsonl"

@@ -47,7 +47,7 @@ def engine_rows(n_per_label: int) -> list[dict]:
 @pytest.fixture(scope="session")
 def loaded():
     """The embedded SmolLM2 model, loaded once per test session (tests must not leave adapters on it)."""
-    from validora.models import load_base_model
+    from validora.core.models import load_base_model
 
     return load_base_model(None, device="cpu")
 
@@ -55,7 +55,7 @@ def loaded():
 @pytest.fixture(scope="session")
 def fresh_model():
     """A factory of independent copies of the embedded model, for tests that attach adapters."""
-    from validora.models import load_base_model
+    from validora.core.models import load_base_model
 
     def make():
         return load_base_model(None, device="cpu")
@@ -108,6 +108,6 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def llama_server():
     """The real llama-server: found, or built once (`make test` builds it first, so this is quick)."""
-    from validora import llamacpp
+    from validora.llamacpp import build
 
-    return llamacpp.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))
+    return build.ensure_server(jobs=int(os.environ.get("VALIDORA_BUILD_JOBS", "1")))

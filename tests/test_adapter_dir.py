@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora import adapters
-from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter import directory
+from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
 from validora.cli import app
+from validora.core.names import base_key, same_base_model
 from validora.errors import AdapterError
-from validora.names import base_key, same_base_model
 
 INFO = {
     "adapter_type": "alora",
@@ -155,10 +155,10 @@ def test_sigterm_between_the_two_renames_waits_for_the_swap(tmp_path: Path, monk
     def as_interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(adapters, "_pause_for_tests", pause)
+    monkeypatch.setattr(directory, "_pause_for_tests", pause)
     previous = signal.signal(signal.SIGTERM, as_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt), adapters.staged_directory(target, overwrite=True) as staging:
+        with pytest.raises(KeyboardInterrupt), directory.staged_directory(target, overwrite=True) as staging:
             fill(staging, "new")
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -173,8 +173,8 @@ def test_sigint_while_staging_keeps_the_earlier_adapter(tmp_path: Path, monkeypa
         if moment == "staged":
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(adapters, "_pause_for_tests", pause)
-    with pytest.raises(KeyboardInterrupt), adapters.staged_directory(target, overwrite=True) as staging:
+    monkeypatch.setattr(directory, "_pause_for_tests", pause)
+    with pytest.raises(KeyboardInterrupt), directory.staged_directory(target, overwrite=True) as staging:
         fill(staging, "new")
     assert marker(target) == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
@@ -190,7 +190,7 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path: Path):
     leftover(tmp_path, "partial", "new")
     target = tmp_path / "adapter"
     with pytest.warns(UserWarning, match="restored the earlier adapter") as caught:
-        adapters.check_target(target, overwrite=True)
+        directory.check_target(target, overwrite=True)
     assert len(caught) == 1 and ".adapter.partial-new" in str(caught[0].message)  # one line says it all
     assert marker(target) == "earlier" and AdapterInfo.read(target).base_model == "smollm2-135m-instruct"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
@@ -199,7 +199,7 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path: Path):
 def test_without_overwrite_the_restored_adapter_is_still_protected(tmp_path: Path):
     leftover(tmp_path, "old", "earlier")
     with pytest.warns(UserWarning, match="restored"), pytest.raises(AdapterError, match="--overwrite"):
-        adapters.check_target(tmp_path / "adapter", overwrite=False)
+        directory.check_target(tmp_path / "adapter", overwrite=False)
     assert marker(tmp_path / "adapter") == "earlier"
 
 
@@ -210,7 +210,7 @@ def test_stale_staging_and_old_copies_are_swept(tmp_path: Path):
     (tmp_path / ".adapter.probe-x").mkdir()
     (tmp_path / ".other.partial-x").mkdir()  # another target's: not ours to judge
     with pytest.warns(UserWarning, match="removed .adapter.old-o1, .adapter.partial-p1, .adapter.probe-x"):
-        adapters.check_target(target, overwrite=True)
+        directory.check_target(target, overwrite=True)
     assert marker(target) == "current"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial-x", "adapter"]
 
@@ -220,7 +220,7 @@ def test_an_old_copy_holding_user_files_is_kept_and_named(tmp_path: Path):
     old = leftover(tmp_path, "old", "o1")
     (old / "io.yaml").write_text("model: null\n")
     with pytest.warns(UserWarning, match="kept .adapter.old-o1"):
-        adapters.recover(target)
+        directory.recover(target)
     assert (old / "io.yaml").is_file()
 
 
@@ -228,16 +228,16 @@ def test_leftovers_of_a_run_in_progress_are_left_alone(tmp_path: Path):
     """A live writer holds a lock on its staging directory and on the earlier adapter it moved aside."""
     staging = leftover(tmp_path, "partial", "live")
     old = leftover(tmp_path, "old", "live")
-    locks = [adapters._lock(staging), adapters._lock(old)]
+    locks = [directory._lock(staging), directory._lock(old)]
     assert None not in locks
     try:
-        assert adapters.recover(tmp_path / "adapter") is None
+        assert directory.recover(tmp_path / "adapter") is None
         assert staging.is_dir() and old.is_dir() and not (tmp_path / "adapter").exists()
     finally:
         for fd in locks:
             os.close(fd)
     with pytest.warns(UserWarning, match="restored"):  # the writer died: now they are leftovers
-        adapters.recover(tmp_path / "adapter")
+        directory.recover(tmp_path / "adapter")
     assert marker(tmp_path / "adapter") == "live"
 
 
@@ -259,7 +259,7 @@ def test_overwrite_keeps_files_validora_does_not_write(tmp_path: Path):
     (target / "extra" / "x.txt").write_text("deep")
     (target / "README.md").write_text("old card")  # validora's: replaced
     kept = r"Kept 3 file\(s\) .*: extra, io.yaml, notes.txt"
-    with pytest.warns(UserWarning, match=kept), adapters.staged_directory(target, overwrite=True) as staging:
+    with pytest.warns(UserWarning, match=kept), directory.staged_directory(target, overwrite=True) as staging:
         fill(staging, "new")
         (staging / "README.md").write_text("new card")
     assert marker(target) == "new" and (target / "README.md").read_text() == "new card"
@@ -274,7 +274,7 @@ def test_an_unwritable_outfile_is_refused_at_setup(tmp_path: Path, small_data: P
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(AdapterError, match="Cannot write"):
-        adapters.check_target(blocker / "adapter", overwrite=False)
+        directory.check_target(blocker / "adapter", overwrite=False)
     result = CliRunner().invoke(
         app, ["alora", "train", str(small_data), "--outfile", str(blocker / "adapter"), "--device", "cpu"]
     )
@@ -289,7 +289,7 @@ def test_a_read_only_parent_is_refused_at_setup(tmp_path: Path):
     parent.chmod(0o555)
     try:
         with pytest.raises(AdapterError, match="Cannot write"):
-            adapters.check_target(parent / "adapter", overwrite=False)
+            directory.check_target(parent / "adapter", overwrite=False)
     finally:
         parent.chmod(0o755)
 
@@ -297,10 +297,10 @@ def test_a_read_only_parent_is_refused_at_setup(tmp_path: Path):
 def test_too_little_free_space_is_refused_at_setup(tmp_path: Path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(
-        adapters.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 10 * 2**20, 10 * 2**20)
+        directory.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 10 * 2**20, 10 * 2**20)
     )
     with pytest.raises(AdapterError, match=r"Not enough free space .*10 MiB free .*100 MiB needed"):
-        adapters.check_target(tmp_path / "adapter", overwrite=False)
+        directory.check_target(tmp_path / "adapter", overwrite=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -319,7 +319,7 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_earlier_adapter
     kept = "earlier adapter there is kept. The disk is full: free some space"
     with (
         pytest.raises(AdapterError, match=kept),
-        adapters.staged_directory(target, overwrite=True) as staging,
+        directory.staged_directory(target, overwrite=True) as staging,
     ):
         fill(staging, "new")
         raise error

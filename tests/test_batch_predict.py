@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora.batch import ServerScorer, meta_path, plan_batch, predict_file
 from validora.cli import app
 from validora.errors import ConfigError, DataError
+from validora.programs.batch import ServerScorer, meta_path, plan_batch, predict_file
 
 from .conftest import EXAMPLES, ROOT, write_jsonl
 
@@ -34,7 +34,7 @@ NOTES = [
 
 @pytest.fixture(scope="module")
 def validator(trained_adapter: Path):
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     return load_validator(trained_adapter, device="cpu")
 
@@ -244,7 +244,7 @@ def test_bad_input_lines_are_named_and_nothing_is_written(validator, tmp_path: P
 def served(trained_adapter: Path, llama_server):
     """The trained adapter on a real llama-server (one slot: --concurrency 2 then queues on the server;
     several slots give aLoRA checks wrong labels, see llamacpp.PARALLEL_ALORA_BUG)."""
-    from validora.serve import serve
+    from validora.llamacpp.serving import serve
 
     with serve([trained_adapter], threads=1, ctx_size=1024) as serving:
         yield serving
@@ -313,7 +313,7 @@ def test_server_rows_equal_in_process_in_input_order_also_concurrently(
 def test_server_dying_mid_run_keeps_finished_lines_and_another_server_resumes(
     validator, served, notes: Path, trained_adapter: Path, tmp_path: Path, monkeypatch, keep_sigterm
 ):
-    from validora.serve import serve
+    from validora.llamacpp.serving import serve
 
     dying = serve([trained_adapter], threads=1, ctx_size=1024)
     real = ServerScorer.__call__

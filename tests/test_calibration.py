@@ -10,18 +10,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora import scoring
-from validora.adapters import AdapterInfo
-from validora.calibration import (
+from validora.adapter.directory import AdapterInfo
+from validora.cli import app
+from validora.core.calibration import (
     expected_calibration_error,
     fit_temperature,
     pr_curve,
     reliability_bins,
     threshold_for,
 )
-from validora.cli import app
 from validora.errors import AdapterError, ConfigError
-from validora.lexical import LEXICAL_FILE
+from validora.score import scoring
+from validora.score.lexical import LEXICAL_FILE
+from validora.score.readout import Readout
 
 from .conftest import EXAMPLES, write_jsonl
 
@@ -67,14 +68,14 @@ def test_fit_lowers_the_held_out_nll_and_has_fallbacks():
 def test_temperature_keeps_the_ranking_and_sums_to_one():
     loglik, _ = synthetic(1.0, n=50)
     for t in (0.3, 1.0, 3.0):
-        probs = scoring.probabilities(loglik, t)
+        probs = Readout(t).probabilities(loglik, ())
         assert torch.allclose(probs.sum(-1), torch.ones(50))
         assert torch.equal(probs.argmax(-1), loglik.argmax(-1))
-        scores = scoring.LabelScores.from_loglik(["a", "b", "c", "d"], loglik[0], t)
+        [scores] = Readout(t).scores(["a", "b", "c", "d"], loglik[:1], ["x"])
         assert math.isclose(sum(scores.probs.values()), 1, abs_tol=1e-6)
         assert scores.label == "abcd"[int(loglik[0].argmax())]
-    hot = scoring.probabilities(loglik, 3.0)
-    assert (hot.max(-1).values < scoring.probabilities(loglik).max(-1).values).all()  # less confident
+    hot = Readout(3.0).probabilities(loglik, ())
+    assert (hot.max(-1).values < Readout().probabilities(loglik, ()).max(-1).values).all()  # less confident
 
 
 # ----- stored with the adapter -----------------------------------------------------------------------
@@ -137,7 +138,7 @@ TEXTS = ["rod knock at 3100 rpm under load", "blue smoke at startup, burns a qua
 
 
 def test_validator_applies_the_stored_temperature(hot_adapter, fresh_model):
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     validator = load_validator(hot_adapter, loaded=fresh_model())
     assert validator.info.temperature == 3.0
@@ -153,8 +154,8 @@ def test_validator_applies_the_stored_temperature(hot_adapter, fresh_model):
 
 def test_program_checks_apply_each_adapters_temperature(cold_adapter, hot_adapter):
     from validora import CustomIntrinsicAdapter, LocalHFBackend
-    from validora.checks import Check, score_checks
-    from validora.lexical import Readout
+    from validora.score.checks import Check, score_checks
+    from validora.score.readout import Readout
 
     backend = LocalHFBackend(device="cpu")
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(cold_adapter), intrinsic_name="cold"))
@@ -310,7 +311,7 @@ def test_eval_refuses_a_label_the_adapter_does_not_have(trained_adapter: Path):
 
 
 def test_model_card_states_the_calibration():
-    from validora.reports import model_card
+    from validora.adapter.card import model_card
 
     card = model_card(AdapterInfo(**info_dict(temperature=1.7)), {"val_ece": 0.031, "temperature": 1.7})
     assert "softmax(log-likelihood / 1.7)" in card and "**0.031**" in card
@@ -321,8 +322,8 @@ def test_model_card_states_the_calibration():
 
 @pytest.mark.parametrize(("temperature", "flagged"), [(20.0, True), (19.0, False), (1.3, False)])
 def test_a_temperature_at_its_upper_bound_marks_the_report_uninformative(temperature, flagged):
-    from validora.metrics import classification_metrics
-    from validora.training import TrainReport
+    from validora.core.metrics import classification_metrics
+    from validora.train.trainer import TrainReport
 
     metrics = classification_metrics(["a", "b", "a"], ["a", "a", "a"], ["a", "b"])
     report = TrainReport(

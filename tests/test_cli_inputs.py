@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from validora.backends.validator import Validator
 from validora.cli import app
-from validora.data import load_texts
+from validora.core.data import load_texts
 from validora.errors import ConfigError, DataError
-from validora.validator import Validator
 
 from .fake_hub import USER
 

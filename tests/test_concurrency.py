@@ -11,9 +11,9 @@ import time
 
 from validora import CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.backends.huggingface import Generation
-from validora.checks import CheckResult
 from validora.errors import AdapterError
-from validora.requirements import RequirementError
+from validora.programs.requirements import RequirementError
+from validora.score.checks import CheckResult
 
 NOTE = "High vibration at 3100 RPM, connecting rod suspected."
 SEED_REQ = "The failure mode must not be 'no_failure'."

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from validora.data import Example, labels_of, load_jsonl, stratified_split
+from validora.core.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import DataError
 
 from .conftest import EXAMPLES, LABELS, write_jsonl

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from validora.cli import app
-from validora.resume import PAUSE_ENV, state_path
+from validora.train.resume import PAUSE_ENV, state_path
 
 from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
@@ -72,7 +72,7 @@ def held_out(rows: list[dict]) -> list[dict]:
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fresh_model):
     """The 2-process run is also stopped (SIGTERM to the launcher) once epoch 1's state is kept, and
     resumed with --resume: rank 0 wrote the state, both processes load it."""
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
     one, two = tmp_path / "one", tmp_path / "two"

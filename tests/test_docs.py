@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from validora.serve import serve
+from validora.llamacpp.serving import serve
 
 from .conftest import ROOT
 

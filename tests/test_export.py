@@ -19,13 +19,13 @@ from gguf.quants import dequantize
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from validora import llamacpp
-from validora.adapters import AdapterInfo
+from validora.adapter.directory import AdapterInfo
+from validora.adapter.layouts import adapter_digest
 from validora.cli import app
+from validora.core.models import local_files, resolve_base_model
 from validora.errors import AdapterError, ConfigError
-from validora.export import export_gguf, served_name
-from validora.layouts import adapter_digest
-from validora.models import local_files, resolve_base_model
+from validora.llamacpp import build
+from validora.llamacpp.gguf import export_gguf, served_name
 
 GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}  # fmt: skip
@@ -109,7 +109,7 @@ def test_q_and_k_rows_follow_the_base_gguf_layout():
 
 def test_byte_identical_to_llama_cpp_converter(trained_adapter, exported, tmp_path):
     # The official tree comes from PyPI (the llama-cpp-python sdist) once, into the cache; no build needed.
-    tree = llamacpp.fetch_sources(say=lambda line: None)
+    tree = build.fetch_sources(say=lambda line: None)
     out = tmp_path / "official.gguf"
     done = subprocess.run(
         [sys.executable, str(tree / "convert_lora_to_gguf.py"), "--base", local_files(resolve_base_model(None)),
@@ -223,54 +223,54 @@ def test_cli_exports_and_says_how_to_serve(trained_adapter, tmp_path):
 
 
 def test_probe_adapter_carries_invocation_tokens(tmp_path):
-    from validora.models import embedded_gguf_path
+    from validora.core.models import embedded_gguf_path
 
-    meta = fields(llamacpp.write_probe_adapter(embedded_gguf_path(), tmp_path / "probe.gguf"))
-    assert meta["adapter.alora.invocation_tokens"][0] == llamacpp.PROBE_TOKENS
+    meta = fields(build.write_probe_adapter(embedded_gguf_path(), tmp_path / "probe.gguf"))
+    assert meta["adapter.alora.invocation_tokens"][0] == build.PROBE_TOKENS
     assert meta["general.type"][0] == "adapter" and meta["general.architecture"][0] == "llama"
 
 
 def test_server_named_by_env_must_exist_and_serve_alora(tmp_path, monkeypatch):
-    monkeypatch.setenv(llamacpp.SERVER_ENV, str(tmp_path / "missing"))
+    monkeypatch.setenv(build.SERVER_ENV, str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="not an executable file"):
-        llamacpp.find_server()
+        build.find_server()
     fake = tmp_path / "llama-server"
     fake.write_text("#!/bin/sh\necho 'no such option' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setenv(llamacpp.SERVER_ENV, str(fake))
-    with pytest.raises(llamacpp.LlamaCppError, match="does not serve aLoRA"):
-        llamacpp.find_server()
+    monkeypatch.setenv(build.SERVER_ENV, str(fake))
+    with pytest.raises(build.LlamaCppError, match="does not serve aLoRA"):
+        build.find_server()
 
 
 def test_a_finished_build_is_reused_and_a_wrong_sdist_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("VALIDORA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(llamacpp.SERVER_ENV, raising=False)
+    monkeypatch.delenv(build.SERVER_ENV, raising=False)
     import tarfile
 
     sdist = tmp_path / "llama_cpp_python-0.0.1.tar.gz"
     changelog = tmp_path / "CHANGELOG.md"
     changelog.write_text("## [0.0.1]\n- feat: update llama.cpp to ggml-org/llama.cpp@abc\n")
     with tarfile.open(sdist, "w:gz") as tar:
-        tar.add(changelog, f"llama_cpp_python-{llamacpp.LLAMA_CPP_PYTHON}/CHANGELOG.md")
-    monkeypatch.setenv(llamacpp.SDIST_ENV, str(sdist))
-    with pytest.raises(llamacpp.LlamaCppError, match="is not llama-cpp-python"):
-        llamacpp.fetch_sources(say=lambda line: None)
-    assert not llamacpp.source_tree().exists()
+        tar.add(changelog, f"llama_cpp_python-{build.LLAMA_CPP_PYTHON}/CHANGELOG.md")
+    monkeypatch.setenv(build.SDIST_ENV, str(sdist))
+    with pytest.raises(build.LlamaCppError, match="is not llama-cpp-python"):
+        build.fetch_sources(say=lambda line: None)
+    assert not build.source_tree().exists()
 
-    binary = llamacpp.home() / "bin" / "llama-server"
+    binary = build.home() / "bin" / "llama-server"
     binary.parent.mkdir(parents=True)
     binary.write_text("")
-    assert llamacpp.cached_server() is None  # no build.json: an unfinished build is not used
-    info = llamacpp.home() / llamacpp.BUILD_INFO
-    info.write_text(json.dumps({"commit": llamacpp.LLAMA_CPP_COMMIT, "cmake_flags": ["-DGGML_NATIVE=ON"]}))
-    assert llamacpp.cached_server() is None  # built with other flags (AMX on): rebuilt, not reused
-    info.write_text(json.dumps({"commit": llamacpp.LLAMA_CPP_COMMIT, "cmake_flags": llamacpp.cmake_flags()}))
-    assert llamacpp.build(say=lambda line: None) == binary  # nothing downloaded or compiled
+    assert build.cached_server() is None  # no build.json: an unfinished build is not used
+    info = build.home() / build.BUILD_INFO
+    info.write_text(json.dumps({"commit": build.LLAMA_CPP_COMMIT, "cmake_flags": ["-DGGML_NATIVE=ON"]}))
+    assert build.cached_server() is None  # built with other flags (AMX on): rebuilt, not reused
+    info.write_text(json.dumps({"commit": build.LLAMA_CPP_COMMIT, "cmake_flags": build.cmake_flags()}))
+    assert build.build(say=lambda line: None) == binary  # nothing downloaded or compiled
 
 
 def test_built_server_serves_alora_adapters(llama_server):
-    assert llamacpp.supports_alora(llama_server)
-    assert "-DGGML_AMX_INT8=ON" not in llamacpp.cmake_flags()
+    assert build.supports_alora(llama_server)
+    assert "-DGGML_AMX_INT8=ON" not in build.cmake_flags()
 
 
 def test_shifted_invocation_drops_only_the_first_token(trained_adapter, exported, tmp_path):

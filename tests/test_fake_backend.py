@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from validora import Backend, ChatContext, MultiTurnStrategy, RejectionSamplingStrategy, Session, req
+from validora.core.prompting import Format, JudgeFormat, PromptFormat
 from validora.errors import AdapterError, ConfigError
-from validora.prompting import Format, JudgeFormat, PromptFormat
-from validora.requirements import (
+from validora.programs.requirements import (
     AdapterRoute,
     JudgeRoute,
     PythonRoute,
@@ -22,7 +22,7 @@ from validora.requirements import (
     route,
     validate_output,
 )
-from validora.sampling import ModelOutput, SamplingResult
+from validora.programs.sampling import ModelOutput, SamplingResult
 
 from .conftest import LABELS
 from .fake_backend import FakeBackend
@@ -302,6 +302,6 @@ def test_an_adapter_removed_after_routing_is_the_backends_clear_error():
 
 def test_the_interface_and_the_programs_import_no_torch():
     """A backend that only talks HTTP (DESIGN §11) implements `Backend` without loading torch."""
-    code = "import sys, validora.backends.base, validora.session; print('torch' in sys.modules)"
+    code = "import sys, validora.backends.base, validora.programs.session; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

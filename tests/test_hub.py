@@ -15,10 +15,10 @@ from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
 from validora import CustomIntrinsicAdapter, ioyaml, layouts
-from validora.adapters import AdapterInfo
+from validora.adapter.directory import AdapterInfo
+from validora.backends.validator import load_validator
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
-from validora.validator import load_validator
 
 from .conftest import LABELS
 from .fake_hub import USER
@@ -172,7 +172,7 @@ def test_server_error_mid_upload_leaves_local_files_untouched(hub, adapter):
 
 
 def test_adapter_type_comes_from_validora_json_and_peft_config(adapter):
-    from validora.publish import adapter_kind
+    from validora.adapter.publish import adapter_kind
 
     info = AdapterInfo.read(adapter)
     assert adapter_kind(adapter, info) == "alora"

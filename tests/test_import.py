@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.cli import app
-from validora.prompting import PromptFormat, derive_invocation_prompt
+from validora.core.prompting import PromptFormat, derive_invocation_prompt
 
 from .conftest import LABELS, engine_rows, write_jsonl
 
@@ -308,8 +308,8 @@ def test_bad_input_exits_2_and_changes_nothing(written, tmp_path, change, args, 
 
 @pytest.mark.parametrize("labels", [LABELS, ["'q\"", "a: b", "é", "😀", "a\u2028b", "# x"]])
 def test_labels_from_reads_back_a_generated_io_yaml(tmp_path, labels):
-    from validora import ioyaml
-    from validora.adapters import AdapterInfo
+    from validora.adapter import ioyaml
+    from validora.adapter.directory import AdapterInfo
 
     info = AdapterInfo(
         adapter_type="alora", base_model="org/m", labels=labels, prompt={"invocation_prompt": "<|x|>"}
@@ -321,7 +321,7 @@ def test_labels_from_reads_back_a_generated_io_yaml(tmp_path, labels):
 
 def test_adopting_a_directory_keeps_every_entry(tmp_path):
     """In place, the atomic writer copies whatever the block did not write: folders and links included."""
-    from validora import adapters
+    from validora.adapter import directory
 
     target = tmp_path / "peft"
     (target / "checkpoint-1").mkdir(parents=True)
@@ -329,9 +329,9 @@ def test_adopting_a_directory_keeps_every_entry(tmp_path):
     (target / "adapter_config.json").write_text("{}")
     (target / "adapter_model.safetensors").write_bytes(b"w")
     (target / "link").symlink_to("adapter_model.safetensors")
-    with pytest.raises(adapters.AdapterError, match="not a validora adapter"):
-        adapters.check_target(target, overwrite=True)  # without adopt, a PEFT directory is not replaced
-    with adapters.staged_directory(target, overwrite=True, adopt=True) as staging:
+    with pytest.raises(directory.AdapterError, match="not a validora adapter"):
+        directory.check_target(target, overwrite=True)  # without adopt, a PEFT directory is not replaced
+    with directory.staged_directory(target, overwrite=True, adopt=True) as staging:
         (staging / "validora.json").write_text("{}")
     assert sorted(p.name for p in target.iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors", "checkpoint-1", "link", "validora.json",
@@ -342,8 +342,8 @@ def test_adopting_a_directory_keeps_every_entry(tmp_path):
 
 
 def test_model_card_of_an_imported_adapter_claims_no_training_or_metrics(imported):
-    from validora.adapters import AdapterInfo
-    from validora.reports import model_card
+    from validora.adapter.card import model_card
+    from validora.adapter.directory import AdapterInfo
 
     card = model_card(AdapterInfo.read(imported), {})
     assert "trained with another tool and imported" in card

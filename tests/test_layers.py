@@ -1,44 +1,175 @@
-"""Imports point one way (DESIGN §2): interface → programs → engines → adapters → foundations."""
+"""Imports point one way (DESIGN §2), checked on every import, those inside functions included:
+
+cli → programs → {train ∥ backends} → {score ∥ llamacpp} → adapter → core → errors
+"""
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "validora"
 LAYER = {
-    "cli": 4,
-    "session": 3, "context": 3, "requirements": 3, "sampling": 3,
-    "backends": 2, "training": 2, "publish": 2, "batch": 2, "serve": 2,
-    "adapters": 1, "ioyaml": 1, "scoring": 1, "checks": 1, "validator": 1, "reports": 1, "prefix_store": 1, "recipe": 1,
-    "export": 1, "llamacpp": 1, "lexical": 1, "importing": 1, "distributed": 1, "resume": 1, "train_report": 1,
-    "metrics": 0, "calibration": 0,
-    "data": 0, "prompting": 0, "models": 0, "hub": 0, "errors": 0, "layouts": 0, "names": 0, "attention": 0,
-    "packing": 0,
+    "cli": 6,
+    "programs": 5,
+    "train": 4, "backends": 4,
+    "score": 3, "llamacpp": 3,
+    "adapter": 2,
+    "core": 1,
+    "errors": 0,
 }  # fmt: skip
-SIBLINGS = {("training", "backends"), ("backends", "training")}
+FLAG = re.compile(r"--[A-Za-z]")
 
 
-def module_of(path: Path) -> str:
-    return path.relative_to(SRC).parts[0].removesuffix(".py")
+def dotted(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_imports_point_down_only():
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every validora module this file imports, wherever the import statement sits."""
+    found = []
+    here = dotted(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = here.split(".")[: -node.level] if path.name != "__init__.py" else here.split(".")
+                base = base[: len(base) - node.level + 1] if path.name == "__init__.py" else base
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if not module.startswith("validora"):
+                continue
+            for alias in node.names:  # `from validora.score import scoring` imports the module scoring
+                candidate = f"{module}.{alias.name}"
+                if (SRC.parent / candidate.replace(".", "/")).with_suffix(".py").exists():
+                    found.append((node.lineno, candidate))
+                else:
+                    found.append((node.lineno, module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("validora")]
+    return found
+
+
+def modules() -> dict[str, Path]:
+    return {dotted(p): p for p in SRC.rglob("*.py")}
+
+
+def test_every_module_sits_in_a_layer_package():
+    for name in modules():
+        package = package_of(name)
+        assert package is None or package in LAYER or package == "__main__", f"{name} is in no layer"
+        assert name.count(".") <= 2 or package in LAYER, name
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert top == ["__init__.py", "errors.py"], f"modules beside the layers: {top}"
+
+
+def test_imports_point_down_only_and_siblings_never_meet():
     problems = []
-    for path in SRC.rglob("*.py"):
-        here = module_of(path)
-        if here == "__init__":
+    for name, path in modules().items():
+        here = package_of(name)
+        if here is None:  # validora/__init__.py: the lazy public names
+            continue
+        for line, module in imports_of(path):
+            there = package_of(module)
+            if there is None:
+                if module == "validora" and here != "errors":
+                    continue  # `from validora import __version__` only; the lazy map imports nothing
+                problems.append(f"{path.relative_to(SRC)}:{line} imports {module}")
+                continue
+            if there == here:
+                continue
+            if LAYER[there] >= LAYER[here]:
+                problems.append(f"{path.relative_to(SRC)}:{line} ({here}) imports {module} ({there})")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    known = modules()
+    for name, path in known.items():
+        graph[name] = {m for _, m in imports_of(path) if m in known and m != name and m != "validora"}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_the_layer_check_sees_imports_inside_functions(tmp_path):
+    probe = SRC / "core" / "_probe_for_test.py"
+    probe.write_text("def f():\n    from validora.score.scoring import LabelScores\n")
+    try:
+        assert (2, "validora.score.scoring") in imports_of(probe)
+    finally:
+        probe.unlink()
+
+
+def test_library_messages_name_options_never_flags():
+    """Library raises, warnings and logs name options (`option=`); only cli/ spells them as flags."""
+    problems = []
+    for name, path in modules().items():
+        if package_of(name) == "cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("validora."):
-                there = node.module.split(".")[1]
-                if there == here or there not in LAYER:
-                    continue
-                if LAYER[there] > LAYER[here] or (here, there) in SIBLINGS:
-                    problems.append(f"{path.relative_to(SRC)} imports {node.module}")
-    assert not problems, problems
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                texts = [
+                    n for n in ast.walk(node.exc) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                ]
+            elif isinstance(node, ast.Call) and _is_message_call(node):
+                texts = [n for a in node.args for n in ast.walk(a) if isinstance(n, ast.Constant)]
+            else:
+                continue
+            problems += [
+                f"{path.relative_to(SRC)}:{t.lineno}: {t.value!r}"
+                for t in texts
+                if isinstance(t.value, str) and FLAG.search(t.value)
+            ]
+    assert not problems, "\n".join(problems)
 
 
-def test_every_module_is_placed_and_short():
+def _is_message_call(node: ast.Call) -> bool:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in {"warn", "warning", "info", "error", "debug", "exception", "critical"}
+
+
+def test_no_print_or_exit_outside_the_cli():
+    problems = []
+    for name, path in modules().items():
+        if package_of(name) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Name) and func.id in {"print", "exit"}:
+                    problems.append(f"{path.relative_to(SRC)}:{node.lineno} {func.id}()")
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr == "exit"
+                    and getattr(func.value, "id", "") == "sys"
+                ):
+                    problems.append(f"{path.relative_to(SRC)}:{node.lineno} sys.exit()")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_module_is_short():
     for path in SRC.rglob("*.py"):
-        name = module_of(path)
-        assert name in LAYER or name == "__init__", f"{name} has no layer"
         assert len(path.read_text().splitlines()) < 500, f"{path} is over 500 lines"

@@ -8,15 +8,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
 from validora.backends.huggingface import LocalHFBackend
-from validora.calibration import fit_temperature
+from validora.backends.validator import load_validator
 from validora.cli import app
+from validora.core.calibration import fit_temperature
 from validora.errors import AdapterError, ConfigError
-from validora.lexical import C_GRID, KINDS, LEXICAL_FILE, LexicalModel, Readout, fit_lexical, lexical_text
-from validora.recipe import Recipe
-from validora.scoring import probabilities, score_items
-from validora.validator import load_validator
+from validora.score.lexical import (
+    C_GRID,
+    KINDS,
+    LEXICAL_FILE,
+    LexicalModel,
+    Readout,
+    fit_lexical,
+    lexical_text,
+)
+from validora.score.scoring import probabilities, score_items
+from validora.train.recipe import Recipe
 
 TEXTS = [
     "oil smoke blue exhaust", "burns oil and smokes", "blue smoke at startup", "smoke and oil burning",

@@ -22,11 +22,11 @@ import pytest
 
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req, serve
 from validora.backends.llamacpp import LlamaCppBackend
+from validora.core.models import embedded_gguf_path
 from validora.errors import AdapterError
-from validora.export import export_gguf
-from validora.llamacpp import LlamaCppError, free_port, start_server
-from validora.models import embedded_gguf_path
-from validora.sampling import RejectionSamplingStrategy
+from validora.llamacpp.build import LlamaCppError, free_port, start_server
+from validora.llamacpp.gguf import export_gguf
+from validora.programs.sampling import RejectionSamplingStrategy
 
 from .conftest import EXAMPLES
 

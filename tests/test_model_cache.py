@@ -9,7 +9,7 @@ from subprocess import PIPE
 
 import pytest
 
-from validora import models
+from validora.core import models
 
 from .conftest import ROOT
 
@@ -43,7 +43,7 @@ CONVERT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from validora import models
+    from validora.core import models
 
     shared = Path(sys.argv[1])
     real = models._convert_gguf

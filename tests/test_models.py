@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from validora import models
+from validora.core import models
 from validora.errors import ConfigError, ModelError
 
 

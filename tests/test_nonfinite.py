@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from validora.cli import app
 from validora.errors import ConfigError
-from validora.training import Recipe, TrainConfig, Trainer, TrainingDiverged
+from validora.train.trainer import Recipe, TrainConfig, Trainer, TrainingDiverged
 
 from .conftest import engine_rows, write_jsonl
 

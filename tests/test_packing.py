@@ -9,7 +9,7 @@ from dataclasses import FrozenInstanceError
 import pytest
 import torch
 
-from validora.packing import Packed, Segment, pack
+from validora.score.packing import Packed, Segment, pack
 
 
 def seen(packed: Packed, row: int) -> list[str]:

@@ -12,10 +12,10 @@ import torch
 
 from validora import Backend, ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.errors import AdapterError
-from validora.lexical import LEXICAL_FILE, lexical_text
-from validora.requirements import RequirementError
-from validora.sampling import RejectionSamplingStrategy
-from validora.scoring import full_loglik, score_items
+from validora.programs.requirements import RequirementError
+from validora.programs.sampling import RejectionSamplingStrategy
+from validora.score.lexical import LEXICAL_FILE, lexical_text
+from validora.score.scoring import full_loglik, score_items
 
 from .conftest import LABELS
 
@@ -174,7 +174,7 @@ def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backe
 def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from validora.models import load_base_model
+    from validora.core.models import load_base_model
 
     fresh = load_base_model(None, device="cpu")
     torch.manual_seed(0)

@@ -4,10 +4,9 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
-from validora.adapters import AdapterInfo, prompt_format
-from validora.errors import AdapterError, ConfigError, DataError
-from validora.models import local_files, resolve_base_model
-from validora.prompting import (
+from validora.adapter.directory import AdapterInfo, prompt_format
+from validora.core.models import local_files, resolve_base_model
+from validora.core.prompting import (
     GRANITE_INVOCATION,
     JUDGE_QUESTION,
     PROMPT_FORMAT_VERSION,
@@ -16,6 +15,7 @@ from validora.prompting import (
     derive_invocation_prompt,
     load_promptfile,
 )
+from validora.errors import AdapterError, ConfigError, DataError
 
 from .conftest import EXAMPLES, LABELS
 

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from validora import ioyaml, reports
-from validora.adapters import AdapterInfo
+from validora.adapter import ioyaml
+from validora.adapter.card import hub_base_model
+from validora.adapter.directory import AdapterInfo
 from validora.cli import app
-from validora.names import public_name
+from validora.core.names import public_name
 
 from .fake_hub import USER
 
@@ -94,9 +95,9 @@ def test_one_rule_for_published_names():
         "smollm2-135m-instruct": "smollm2-135m-instruct",
     }
     assert {name: public_name(name) for name in cases} == cases
-    assert reports.hub_base_model("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert reports.hub_base_model("org/model") == "org/model"
-    assert reports.hub_base_model(BASE) is None and reports.hub_base_model("x") is None
+    assert hub_base_model("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_base_model("org/model") == "org/model"
+    assert hub_base_model(BASE) is None and hub_base_model("x") is None
 
 
 @pytest.mark.parametrize("where", ["outside", "inside", "folder"])
@@ -147,8 +148,8 @@ def test_generated_io_yaml_validates_for_any_label(tmp_path, labels):
 
 def test_a_plain_upload_removes_every_file_validora_wrote_before_and_nothing_of_the_owners(tmp_path):
     """Stale remote files: each of validora's own outputs (the reliability diagram included), never the owner's."""
-    from validora.adapters import WRITTEN_FILES
-    from validora.publish import UploadSet, stale
+    from validora.adapter.directory import WRITTEN_FILES
+    from validora.adapter.publish import UploadSet, stale
 
     plan = UploadSet(root=tmp_path, prefix="", files=[], card="")
     remote = {*WRITTEN_FILES, "io.yaml", "notes.md", "train.jsonl"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from validora.requirements import RequirementError, choose_adapter, labels_named, req
+from validora.programs.requirements import RequirementError, choose_adapter, labels_named, req
 
 from .conftest import LABELS
 

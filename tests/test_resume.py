@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from validora.cli import app
-from validora.resume import PAUSE_ENV, state_path
+from validora.train.resume import PAUSE_ENV, state_path
 
 from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
@@ -72,7 +72,7 @@ def test_a_killed_run_leaves_its_state_beside_the_target_as_safetensors(interrup
 
 @pytest.mark.slow
 def test_a_resumed_run_ends_with_the_uninterrupted_runs_adapter(interrupted, tmp_path, fresh_model):
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     data, folder = interrupted
     resumed, whole = tmp_path / "resumed", tmp_path / "whole"

@@ -4,8 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from validora import scoring
-from validora.prompting import PromptFormat
+from validora.core.prompting import PromptFormat
+from validora.score import scoring
 
 from .conftest import LABELS
 
@@ -95,7 +95,7 @@ def test_prefix_is_computed_by_the_base_model(fresh_model):
     reason="needs a CUDA GPU; the CPU twin is test_shared_prefix_scores_equal_naive_scores",
 )
 def test_shared_prefix_scores_on_gpu():
-    from validora.models import load_base_model
+    from validora.core.models import load_base_model
 
     loaded = load_base_model(None, device="cuda", dtype="float32")
     fmt = PromptFormat(loaded.tokenizer, LABELS)
@@ -108,7 +108,7 @@ def test_shared_prefix_scores_on_gpu():
 
 def test_causal_lead_attention_equals_the_dense_mask(fresh_model):
     """The split attention (causal kernel for the leading text) computes what the full 4-D mask says."""
-    from validora.attention import CAUSAL_LEAD
+    from validora.core.attention import CAUSAL_LEAD
 
     model = fresh_model().model
     assert model.config._attn_implementation == "validora_sdpa"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora import serve
-from validora.adapters import AdapterInfo
+from validora.adapter.directory import AdapterInfo
 from validora.cli import app
 from validora.errors import ConfigError, ModelError
+from validora.llamacpp import serving
 
 QUICK = ["--threads", "1", "--ctx-size", "512"]
 
@@ -49,23 +49,23 @@ def alive(pid: int) -> bool:
 
 def test_serves_the_adapter_at_scale_zero_and_a_request_runs_it(trained_adapter, llama_server):
     ids = AdapterInfo.read(trained_adapter).prompt["invocation_ids"]
-    with serve.serve([trained_adapter], threads=1, ctx_size=512) as serving:
-        [listed] = serving.server.get("/lora-adapters")
+    with serving.serve([trained_adapter], threads=1, ctx_size=512) as served:
+        [listed] = served.server.get("/lora-adapters")
         assert listed["id"] == 0 and listed["scale"] == 0
-        assert listed["alora_invocation_tokens"] == ids[1:] == serving.adapters[0].invocation_tokens
-        assert serving.workdir in Path(listed["path"]).parents  # exported privately, not beside the adapter
-        text = serving.server.post("/tokenize", {"content": "Heavy knocking under load, metal in the oil."})
+        assert listed["alora_invocation_tokens"] == ids[1:] == served.adapters[0].invocation_tokens
+        assert served.workdir in Path(listed["path"]).parents  # exported privately, not beside the adapter
+        text = served.server.post("/tokenize", {"content": "Heavy knocking under load, metal in the oil."})
         prompt = text["tokens"] + ids
 
         def top(lora: list[dict] | None) -> list:
             body = {"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0, "cache_prompt": False}
-            answer = serving.server.post("/completion", body | ({"lora": lora} if lora is not None else {}))
+            answer = served.server.post("/completion", body | ({"lora": lora} if lora is not None else {}))
             return [
                 (p["id"], round(p["logprob"], 3))
                 for p in answer["completion_probabilities"][0]["top_logprobs"]
             ]
 
-        with_adapter = top(serving.request_example(serving.adapters[0])["lora"])
+        with_adapter = top(served.request_example(served.adapters[0])["lora"])
         base = top([{"id": 0, "scale": 0}])
         assert top(None) == base  # no "lora" field: the base model alone, not every adapter at scale 1
         assert with_adapter != base
@@ -79,7 +79,7 @@ def test_adapters_of_different_base_models_are_refused_before_anything_starts(
         raise AssertionError("nothing may be built, exported or started")
 
     for name in ("ensure_server", "export_gguf", "start_server"):
-        monkeypatch.setattr(serve, name, never)
+        monkeypatch.setattr(serving, name, never)
     other = on_base(trained_adapter, tmp_path / "other", "HuggingFaceTB/SmolLM2-360M-Instruct")
     result = CliRunner().invoke(app, ["alora", "serve", str(trained_adapter), str(other), *QUICK])
     assert result.exit_code == 2, result.output
@@ -90,13 +90,13 @@ def test_adapters_of_different_base_models_are_refused_before_anything_starts(
     (model_dir / "config.json").write_text("{}")
     not_gguf = on_base(trained_adapter, tmp_path / "not-gguf", str(model_dir))
     with pytest.raises(ModelError, match=r"convert_hf_to_gguf\.py"):
-        serve.serve([not_gguf])
+        serving.serve([not_gguf])
     with pytest.raises(ConfigError, match="at least one"):
-        serve.serve([])
+        serving.serve([])
 
 
 def test_a_port_in_use_is_refused_with_its_number(trained_adapter, monkeypatch, keep_sigterm):
-    monkeypatch.setattr(serve, "start_server", lambda *a, **k: pytest.fail("started on a busy port"))
+    monkeypatch.setattr(serving, "start_server", lambda *a, **k: pytest.fail("started on a busy port"))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

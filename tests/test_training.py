@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapters import WRITTEN_FILES, AdapterInfo
+from validora.adapter.directory import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
-from validora.recipe import DEFAULT_TARGETS
-from validora.training import Recipe, TrainConfig, Trainer
+from validora.train.recipe import DEFAULT_TARGETS
+from validora.train.trainer import Recipe, TrainConfig, Trainer
 
 from .conftest import ROOT, engine_rows, read_until, write_jsonl
 
@@ -148,7 +148,7 @@ def test_the_recipe_reproduces_its_pinned_losses_and_schedule(fresh_model, tmp_p
 
 
 def test_the_prefix_store_keeps_each_split_apart_and_joins_what_it_would_compute(fresh_model, tmp_path):
-    from validora.prefix_store import PrefixStore
+    from validora.train.prefix_store import PrefixStore
 
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(2))
     trainer = make_trainer(fresh_model, data, rank=4)
@@ -222,14 +222,14 @@ def test_validora_json_stores_the_run_and_its_recipe_as_one_flat_object(trained_
 
 
 def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(4))
     trainer = make_trainer(fresh_model, data, epochs=1)
     trainer.train()
     target = trainer.save(tmp_path / "adapter")
     texts = ["rod knock", "blue smoke and oil burning", "new plug, runs fine"]
-    from validora.scoring import score_items
+    from validora.score.scoring import score_items
 
     before = score_items(trainer.peft, trainer.fmt, texts, readout=trainer.readout)
     assert AdapterInfo.read(target).temperature == trainer.report.temperature != 1.0
@@ -267,7 +267,7 @@ def test_bad_data_exits_2_names_lines_and_writes_nothing(tmp_path: Path):
 
 
 def test_failure_while_saving_leaves_the_earlier_adapter(fresh_model, tmp_path, monkeypatch):
-    from validora import reports
+    from validora.core import plots
 
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
     target = tmp_path / "adapter"
@@ -279,7 +279,7 @@ def test_failure_while_saving_leaves_the_earlier_adapter(fresh_model, tmp_path, 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reports, "model_card", explode)
+    monkeypatch.setattr(plots, "model_card", explode)
     with pytest.raises(KeyboardInterrupt):
         trainer.save(target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
@@ -316,7 +316,7 @@ def test_interrupting_a_real_run_keeps_the_earlier_adapter(trained_adapter: Path
 
 def test_default_epochs_scale_with_the_data_size():
     """Without --epochs, small sets get more passes (250 updates), within 6 to 20; a given value wins."""
-    from validora.recipe import resolve_epochs
+    from validora.train.recipe import resolve_epochs
 
     assert resolve_epochs(None, 51) == 6  # 504 engine notes: 51 updates per epoch
     assert resolve_epochs(None, 27) == 10  # 211 notes

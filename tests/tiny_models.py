@@ -397,7 +397,7 @@ def tokenizer(family: Family) -> Any:
     from tokenizers import processors
     from transformers import AutoTokenizer
 
-    from validora.models import local_files, resolve_base_model
+    from validora.core.models import local_files, resolve_base_model
 
     tok = AutoTokenizer.from_pretrained(local_files(resolve_base_model(None)))
     tok.add_special_tokens({"additional_special_tokens": list(family.special)})

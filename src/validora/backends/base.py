@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from validora.checks import CheckResult
-    from validora.scoring import LabelScores
+    from validora.score.checks import CheckResult
+    from validora.score.readout import LabelScores
 
 __all__ = ["Backend", "CheckResult", "CheckSpec", "Generation", "LabelScores"]
 
@@ -54,7 +54,7 @@ class Backend(Protocol):
         ...
 
 
-_REEXPORTS = {"CheckResult": "validora.checks", "LabelScores": "validora.scoring"}
+_REEXPORTS = {"CheckResult": "validora.score.checks", "LabelScores": "validora.score.readout"}
 
 
 def __getattr__(name: str) -> Any:

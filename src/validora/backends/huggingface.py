@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from validora.adapters import CustomIntrinsicAdapter, attach, prompt_format
+from validora.adapter.directory import CustomIntrinsicAdapter, attach, prompt_format
 from validora.backends.base import CheckSpec, Generation
-from validora.checks import Check, CheckResult, score_checks
+from validora.core.models import load_base_model
+from validora.core.names import same_base_model
+from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
 from validora.errors import AdapterError, ConfigError
-from validora.lexical import Readout
-from validora.models import load_base_model
-from validora.names import same_base_model
-from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
-from validora.scoring import base_model_only
+from validora.score.checks import Check, CheckResult, score_checks
+from validora.score.readout import Readout
+from validora.score.scoring import base_model_only
 
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "top_p", "seed"})
 DEFAULT_OPTIONS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None}

@@ -32,16 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapters import CustomIntrinsicAdapter, prompt_format
+from validora.adapter.directory import CustomIntrinsicAdapter, prompt_format
 from validora.backends.base import CheckSpec, Generation
 from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
+from validora.core.models import load_tokenizer, resolve_base_model
+from validora.core.names import same_base_model
+from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
 from validora.errors import AdapterError
-from validora.export import served_name
-from validora.lexical import Readout, lexical_text
-from validora.llamacpp import PARALLEL_ALORA_BUG, LlamaCppError
-from validora.models import load_tokenizer, resolve_base_model
-from validora.names import same_base_model
-from validora.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
+from validora.llamacpp.build import PARALLEL_ALORA_BUG, LlamaCppError
+from validora.llamacpp.gguf import served_name
+from validora.score.lexical import lexical_text
+from validora.score.readout import Readout
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -277,7 +278,7 @@ class LlamaCppBackend:
     # ----- checks --------------------------------------------------------------------------------------
     def check(self, output: str, checks: Sequence[CheckSpec]) -> list[Any]:
         """Label probabilities of every check of one output, in order (see the module docstring)."""
-        from validora.checks import CheckResult
+        from validora.score.checks import CheckResult
 
         with self._lock:
             plans: list[tuple[CheckSpec, Format, _Served | None, list[int], str | None]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, export, hub, importing, predict, serve, train
+from validora.cli import evaluate, export, importing, predict, serve, train, upload
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -17,9 +17,9 @@ app.add_typer(alora, name="alora")
 alora.command("train")(train.train)
 alora.command("eval")(evaluate.evaluate)
 alora.command("predict")(predict.predict)
-alora.command("upload")(hub.upload)
-alora.command("io-yaml")(hub.io_yaml)
-alora.command("download")(hub.download)
+alora.command("upload")(upload.upload)
+alora.command("io-yaml")(upload.io_yaml)
+alora.command("download")(upload.download)
 alora.command("import")(importing.import_adapter)
 alora.command("export")(export.export)
 alora.command("serve")(serve.serve)

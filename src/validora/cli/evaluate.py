@@ -24,7 +24,7 @@ def _check_options(
     label: str | None, precision: float | None, recall: float | None, plot: Path | None, overwrite: bool
 ) -> list[Path]:
     """Refuse inconsistent options before the model loads; return the plot files to write."""
-    from validora.calibration import positive_number
+    from validora.core.calibration import positive_number
 
     if precision is not None and recall is not None:
         raise ConfigError("Give --target-precision or --target-recall, not both.")
@@ -92,9 +92,9 @@ def evaluate(
     """Evaluate an adapter on a labeled JSONL file: accuracy, macro-F1, calibration error (ECE, 10
     bins, on the adapter's calibrated probabilities) and, with --label, a threshold for req(threshold=)."""
     plots = _check_options(label, target_precision, target_recall, plot, overwrite)
-    from validora.calibration import pr_curve, scores_ece, threshold_for
-    from validora.data import load_jsonl
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
+    from validora.core.calibration import pr_curve, scores_ece, threshold_for
+    from validora.core.data import load_jsonl
 
     examples = load_jsonl(datafile)
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
@@ -111,15 +111,15 @@ def evaluate(
         positive = [g == label for g in gold]
         found = threshold_for(points, positive, target_precision, target_recall)
     if plots:
-        from validora import reports
+        from validora.core import plots
 
-        reports.confusion_matrix(metrics, plots[0], title=datafile.name)
+        plots.confusion_matrix(metrics, plots[0], title=datafile.name)
         label_index = {name: i for i, name in enumerate(validator.fmt.labels)}
         probs = [[s.probs[name] for name in validator.fmt.labels] for s in scores]
-        reports.reliability_diagram(probs, [label_index[g] for g in gold], plots[1], title=datafile.name)
+        plots.reliability_diagram(probs, [label_index[g] for g in gold], plots[1], title=datafile.name)
         if found is not None:
             curve = pr_curve(points, positive)
-            reports.precision_recall_curve(curve, plots[2], f"P({label}) on {datafile.name}", found)
+            plots.precision_recall_curve(curve, plots[2], f"P({label}) on {datafile.name}", found)
     if json_out:
         data: dict[str, Any] = {**metrics.to_dict(), "ece": ece, "temperature": validator.info.temperature,
                                 "lexical": validator.info.lexical}  # fmt: skip

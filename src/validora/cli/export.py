@@ -32,7 +32,7 @@ def export(
     ] = False,
 ) -> None:
     """Export an adapter for llama.cpp's llama-server (an aLoRA keeps its invocation, shifted as the server needs)."""
-    from validora.export import export_gguf, serve_hint
+    from validora.llamacpp.gguf import export_gguf, serve_hint
 
     with console.status(f"Exporting {escape(adapter)}..."):
         path = export_gguf(

@@ -66,8 +66,8 @@ def import_adapter(
     Its weights are not changed; labels are scored with validora's prompt
     (text, requirement line, invocation prompt, label, end-of-turn token).
     """
-    from validora.importing import import_adapter as run_import
-    from validora.importing import parse_labels
+    from validora.adapter.peft_import import import_adapter as run_import
+    from validora.adapter.peft_import import parse_labels
 
     done = run_import(
         directory,

@@ -17,12 +17,12 @@ from validora.cli.display import console, handles_errors, out, sigterm_as_interr
 from validora.errors import ConfigError
 
 if TYPE_CHECKING:
-    from validora.batch import Scorer
+    from validora.programs.batch import Scorer
 
 
 def _read_texts(path: Path, fmt: str) -> list[tuple[str, str | None]]:
     """(text, its requirement) from --file: JSONL ("item", optional "requirement") or one text per line."""
-    from validora.data import load_texts
+    from validora.core.data import load_texts
 
     if str(path) == "-":
         stdin = getattr(sys.stdin, "buffer", None)
@@ -135,14 +135,14 @@ def predict(
         raise ConfigError("Nothing to classify: give texts as arguments or --file.")
     reqs = [r if r is not None else requirement for _, r in pairs]
     if server is not None:
-        from validora.adapters import resolve_adapter_dir
-        from validora.batch import ServerScorer
+        from validora.adapter.directory import resolve_adapter_dir
+        from validora.programs.batch import ServerScorer
 
         directory = resolve_adapter_dir(adapter, revision=revision)[0]
         with ServerScorer(server, directory, basemodel=basemodel, concurrency=concurrency) as scorer:
             results = scorer(items, reqs)
     else:
-        from validora.validator import load_validator
+        from validora.backends.validator import load_validator
 
         validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
         results = validator.predict(items, requirements=reqs, batch_size=batch_size)
@@ -184,9 +184,9 @@ def _predict_to_file(
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from validora.adapters import resolve_adapter_dir
-    from validora.batch import ServerScorer, plan_batch
-    from validora.llamacpp import LlamaCppError
+    from validora.adapter.directory import resolve_adapter_dir
+    from validora.llamacpp.build import LlamaCppError
+    from validora.programs.batch import ServerScorer, plan_batch
 
     if output is None:
         raise ConfigError("--overwrite goes with --output.")
@@ -274,7 +274,7 @@ def _predict_to_file(
 def _in_process(
     adapter: str, basemodel: str | None, device: str, revision: str | None, batch_size: int
 ) -> Scorer:
-    from validora.validator import load_validator
+    from validora.backends.validator import load_validator
 
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
 
 if TYPE_CHECKING:
-    from validora.serve import Serving
+    from validora.llamacpp.serving import Serving
 
 
 @handles_errors
@@ -41,7 +41,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve adapters on llama-server (built once if missing) until Ctrl-C; each request picks one."""
-    from validora.serve import serve as start
+    from validora.llamacpp.serving import serve as start
 
     sigterm_as_interrupt()
     serving = None

@@ -18,10 +18,10 @@ from validora.cli.display import (
     out,
     sigterm_as_interrupt,
 )
-from validora.training import Recipe, TrainConfig
+from validora.train.trainer import Recipe, TrainConfig
 
 if TYPE_CHECKING:
-    from validora.training import Trainer
+    from validora.train.trainer import Trainer
 
 _RUN = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
 _RECIPE = {f.name for f in dataclasses.fields(Recipe)}
@@ -163,7 +163,7 @@ def train(
     recipe = Recipe(**{k: v for k, v in values.items() if k in _RECIPE})
     config = TrainConfig(**{k: v for k, v in values.items() if k in _RUN}, recipe=recipe)
     changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
-    from validora.distributed import launched_rank
+    from validora.train.distributed import launched_rank
 
     if launched_rank() != 0:  # one of several processes (accelerate launch, torchrun): rank 0 speaks
         _train_quietly(config, resume)
@@ -173,8 +173,8 @@ def train(
         highlight=False,
     )
 
-    from validora.adapters import recover
-    from validora.training import Trainer
+    from validora.adapter.directory import recover
+    from validora.train.trainer import Trainer
 
     recover(outfile)  # leftovers of a killed run first (one warning line), so `before` is what it restored
     before = _identity(outfile)
@@ -187,7 +187,7 @@ def train(
             target = trainer.save()
             _end(trainer)
     except KeyboardInterrupt:
-        from validora.resume import state_path
+        from validora.train.resume import state_path
 
         # A signal during the final rename is held until it is done: say which adapter --outfile holds.
         now = _identity(outfile)
@@ -237,7 +237,7 @@ def train(
 
 def _train_quietly(config: TrainConfig, resume: bool) -> None:
     """A process other than rank 0: the same work, nothing printed (errors still are); rank 0 saves."""
-    from validora.training import SilentProgress, Trainer
+    from validora.train.trainer import SilentProgress, Trainer
 
     sigterm_as_interrupt()
     try:

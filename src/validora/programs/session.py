@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from validora.backends.base import Backend
-from validora.context import ChatContext
 from validora.errors import ConfigError
-from validora.requirements import Requirement, ValidationResult, req, validate_output
-from validora.sampling import Attempt, ModelOutput, RejectionSamplingStrategy, SamplingResult
+from validora.programs.context import ChatContext
+from validora.programs.requirements import Requirement, ValidationResult, req, validate_output
+from validora.programs.sampling import Attempt, ModelOutput, RejectionSamplingStrategy, SamplingResult
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 

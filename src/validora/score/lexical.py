@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from validora.calibration import fit_temperature
+from validora.core.calibration import fit_temperature
 from validora.errors import AdapterError
 
-LEXICAL_FILE = "lexical.safetensors"
 KINDS: dict[str, dict[str, Any]] = {
     "word 1-2": {"analyzer": "word", "ngram_range": (1, 2)},
     "char_wb 2-5": {"analyzer": "char_wb", "ngram_range": (2, 5)},
@@ -177,93 +176,3 @@ def fit_lexical(
     model = best[1]
     model.temperature = fit_temperature(model._logits([t for t, _ in val]).float(), val_gold.tolist())
     return model
-
-
-def valid_description(v: Any) -> bool:
-    """Whether validora.json's "lexical" is null or what `Readout.describe` writes (the parts it reads)."""
-    if v is None:
-        return True
-    weight = v.get("weight") if isinstance(v, dict) else None
-    temperature = v.get("mixture_temperature") if isinstance(v, dict) else None
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature))
-    return numbers and 0 <= weight < 1 and 0 < temperature < float("inf")
-
-
-@dataclass(frozen=True)
-class Readout:
-    """How an adapter's label log-likelihoods become probabilities: divided by its fitted temperature,
-    then (when it has a lexical model) mixed with that model's log-probabilities at `weight` and divided
-    by the temperature fitted for the mixture."""
-
-    temperature: float = 1.0
-    lexical: LexicalModel | None = None
-    weight: float = 0.0
-    mixed_temperature: float = 1.0
-
-    @property
-    def mixes(self) -> bool:
-        return self.lexical is not None and self.weight > 0
-
-    def mixture(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """[N, K] unnormalised log-scores before the mixture's temperature (what calibration fits)."""
-        adapter = torch.log_softmax(loglik.float() / self.temperature, dim=-1)
-        if not self.mixes:
-            return adapter
-        assert self.lexical is not None
-        return (1 - self.weight) * adapter + self.weight * self.lexical.logprobs(texts).to(adapter.device)
-
-    def probabilities(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """[N, K] label probabilities of N items (`loglik` [N, K]; `texts` from `lexical_text`, unread
-        without a lexical model: then it is softmax(loglik / temperature))."""
-        if not self.mixes:
-            return torch.softmax(loglik.float() / self.temperature, dim=-1)
-        return torch.softmax(self.mixture(loglik, texts) / self.mixed_temperature, dim=-1)
-
-    def scores(self, labels: Sequence[str], loglik: torch.Tensor, texts: Sequence[str]) -> list[Any]:
-        from validora.scoring import LabelScores
-
-        probs = self.probabilities(loglik.reshape(len(texts), -1), texts)
-        return [LabelScores.from_probs(labels, row) for row in probs]
-
-    def describe(self) -> dict[str, Any] | None:
-        """validora.json's "lexical" object (None without a lexical model)."""
-        if not self.mixes or self.lexical is None:
-            return None
-        return {"file": LEXICAL_FILE, "kind": self.lexical.kind, "C": self.lexical.c, "weight": self.weight,
-                "mixture_temperature": self.mixed_temperature}  # fmt: skip
-
-    @classmethod
-    def of_adapter(cls, info: Any, directory: str | Path) -> Readout:
-        """The readout an adapter directory describes (validora.json, and its lexical file if any)."""
-        lexical = getattr(info, "lexical", None)
-        if not lexical:
-            return cls(info.temperature)
-        model = LexicalModel.load(Path(directory) / LEXICAL_FILE, info.labels)
-        return cls(info.temperature, model, float(lexical["weight"]), float(lexical["mixture_temperature"]))
-
-
-def fit_readouts(
-    loglik: torch.Tensor,
-    temperature: float,
-    pairs: tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]],
-    labels: Sequence[str],
-    weight: float,
-) -> tuple[Readout, Readout]:
-    """An adapter's readouts from its validation log-likelihoods `loglik` [N_val, K] (already fitted:
-    its `temperature`) and the (text, label) `pairs` of the training and validation splits.
-
-    The lexical model's n-grams, C and temperature and the mixture's temperature are chosen on the
-    validation split. Two readouts: the held-out one (lexical model fitted on the training split: the
-    validation figures are its) and the one kept, its lexical model refitted on training + validation
-    with the same choices, as a TF-IDF baseline is refitted on all its data (BENCHMARKS.md, "Refitting
-    the lexical model": more accurate on average and better calibrated on the quality suite).
-    Without a lexical model (weight 0, or a label with no training text) both are the adapter alone.
-    """
-    alone = Readout(temperature)
-    model = fit_lexical(*pairs, labels) if weight > 0 else None
-    if model is None:
-        return alone, alone
-    index = {label: i for i, label in enumerate(labels)}
-    mixture = Readout(temperature, model, weight).mixture(loglik, [t for t, _ in pairs[1]])
-    held_out = Readout(temperature, model, weight, fit_temperature(mixture, [index[g] for _, g in pairs[1]]))
-    return held_out, replace(held_out, lexical=model.refit([*pairs[0], *pairs[1]]))

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from validora.distributed import gather_objects, launched_world
 from validora.errors import ValidoraError
-from validora.train_report import EpochRecord
+from validora.train.distributed import gather_objects, launched_world
+from validora.train.report import EpochRecord
 
 STATE_FORMAT = 1
 STATE_SUFFIX = ".train-state.safetensors"

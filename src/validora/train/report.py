@@ -8,9 +8,9 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from validora.calibration import T_MAX
+from validora.core.calibration import T_MAX
+from validora.core.metrics import Metrics
 from validora.errors import ValidoraError
-from validora.metrics import Metrics
 
 
 class StepLoss(NamedTuple):

@@ -20,20 +20,28 @@ from pathlib import Path
 
 import torch
 
-from validora import resume, scoring
-from validora.adapters import RELIABILITY_FILE, AdapterInfo, check_target, staged_directory, write_json
-from validora.calibration import expected_calibration_error, fit_temperature, top_label
-from validora.data import Example, labels_of, load_jsonl, stratified_split
-from validora.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
+from validora.adapter.directory import (
+    RELIABILITY_FILE,
+    AdapterInfo,
+    check_target,
+    staged_directory,
+    write_json,
+)
+from validora.core.calibration import expected_calibration_error, fit_temperature, top_label
+from validora.core.data import Example, labels_of, load_jsonl, stratified_split
+from validora.core.metrics import Metrics, classification_metrics
+from validora.core.models import LoadedModel, check_target_modules, load_base_model
+from validora.core.prompting import PromptFormat, load_promptfile
 from validora.errors import ConfigError
-from validora.lexical import LEXICAL_FILE, Readout, fit_readouts, lexical_text
-from validora.metrics import Metrics, classification_metrics
-from validora.models import LoadedModel, check_target_modules, load_base_model
-from validora.packing import Packed, Segment, pack
-from validora.prefix_store import PrefixStore
-from validora.prompting import PromptFormat, load_promptfile
-from validora.recipe import Recipe, TrainConfig, resolve_epochs
-from validora.train_report import (
+from validora.score import scoring
+from validora.score.lexical import LEXICAL_FILE, lexical_text
+from validora.score.packing import Packed, Segment, pack
+from validora.score.readout import Readout, fit_readouts
+from validora.train import resume
+from validora.train.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
+from validora.train.prefix_store import PrefixStore
+from validora.train.recipe import Recipe, TrainConfig, resolve_epochs
+from validora.train.report import (
     EpochRecord,
     Progress,
     SilentProgress,
@@ -331,7 +339,7 @@ class Trainer(resume.KeepsState):
         return loss_sum, int(tokens)
 
     def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> tuple[Readout, Readout]:
-        """The held-out readout and the one kept (lexical.fit_readouts), unless lexical_weight is 0."""
+        """The held-out readout and the one kept (readout.fit_readouts), unless lexical_weight is 0."""
         weight = self.recipe.lexical_weight
         pairs = tuple([(lexical_text(e.item, e.requirement), e.label) for e in split] for split in (self.train_examples, self.val_examples))  # fmt: skip
         held_out, kept = fit_readouts(loglik, temperature, pairs, self.fmt.labels, weight)
@@ -414,7 +422,8 @@ class Trainer(resume.KeepsState):
 
     def save(self, outfile: str | Path | None = None) -> Path:
         """Write the complete adapter directory; the target changes only when everything is written."""
-        from validora import reports
+        from validora.adapter import card
+        from validora.core import plots
 
         target = Path(outfile or self.config.outfile)
         if not self.accelerator.is_main_process:
@@ -426,15 +435,13 @@ class Trainer(resume.KeepsState):
                 self.readout.lexical.save(staging / LEXICAL_FILE)
             (staging / "validora.json").write_text(info.to_json(), encoding="utf-8")
             write_json(staging / "metrics.json", self.report.to_dict())
-            reports.training_curves(self.report, staging / "training_curves.png")
-            reports.confusion_matrix(self.report.metrics, staging / "confusion_matrix.png")
-            reports.reliability_diagram(
+            plots.training_curves(self.report, staging / "training_curves.png")
+            plots.confusion_matrix(self.report.metrics, staging / "confusion_matrix.png")
+            plots.reliability_diagram(
                 self.val_probs, self.val_gold, staging / RELIABILITY_FILE,
                 title=f"Validation reliability (temperature {self.report.temperature:.3g})",
             )  # fmt: skip
-            (staging / "README.md").write_text(
-                reports.model_card(info, self.report.to_dict()), encoding="utf-8"
-            )
+            (staging / "README.md").write_text(card.model_card(info, self.report.to_dict()), encoding="utf-8")
         self.report.outfile = str(target)
         if self.state_file is not None:  # the run is complete: nothing to resume
             resume.remove_state(self.state_file)

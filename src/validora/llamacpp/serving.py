@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from validora.adapters import AdapterInfo, resolve_adapter_dir
+from validora.adapter.directory import AdapterInfo, resolve_adapter_dir
+from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import ConfigError, ModelError
-from validora.export import conversion_hint, export_gguf
-from validora.llamacpp import PARALLEL_ALORA_BUG, LlamaCppError, Server, ensure_server, start_server
-from validora.models import BaseModelSpec, resolve_base_model
+from validora.llamacpp.build import PARALLEL_ALORA_BUG, LlamaCppError, Server, ensure_server, start_server
+from validora.llamacpp.gguf import conversion_hint, export_gguf
 
 
 @dataclass(frozen=True)

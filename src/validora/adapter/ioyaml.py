@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from validora.adapters import AdapterInfo
+from validora.adapter.directory import AdapterInfo
 from validora.errors import ConfigError
 
 REQUIRED = ("model", "response_format", "transformations", "parameters")
@@ -40,7 +40,7 @@ def generate(info: AdapterInfo) -> str:
 
     It names the base model by names.public_name(), so it never holds a local path.
     """
-    from validora.names import public_name
+    from validora.core.names import public_name
 
     schema = json_line(response_schema(info.labels))
     longest = max(len(ids) for ids in info.prompt.get("label_ids", {}).values() or [[0] * 8])

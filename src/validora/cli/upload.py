@@ -47,7 +47,7 @@ def upload(
     Local paths are never published; symbolic links, pickles and (without --allow-data) data files
     in the adapter directory are refused before anything is sent.
     """
-    from validora import publish
+    from validora.adapter import publish
 
     if intrinsic_name is not None and not intrinsic:
         raise ConfigError("--intrinsic-name only applies with --intrinsic.")
@@ -73,8 +73,8 @@ def io_yaml(
     adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
 ) -> None:
     """Print a correct io.yaml for an adapter (m alora io-yaml ADAPTER > io.yaml)."""
-    from validora import ioyaml
-    from validora.adapters import AdapterInfo
+    from validora.adapter import ioyaml
+    from validora.adapter.directory import AdapterInfo
 
     out.print(
         ioyaml.generate(AdapterInfo.read(adapter)), end="", highlight=False, markup=False, soft_wrap=True
@@ -93,7 +93,7 @@ def download(
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
 ) -> None:
     """Download an adapter into the Hugging Face cache and print its local directory."""
-    from validora.adapters import AdapterInfo, resolve_adapter_dir
+    from validora.adapter.directory import AdapterInfo, resolve_adapter_dir
 
     path, _ = resolve_adapter_dir(
         repo, intrinsic_name=intrinsic_name, base_model_name=base_model, revision=revision

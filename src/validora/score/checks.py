@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from validora.lexical import Readout, lexical_text
-from validora.packing import Segment, pack
-from validora.prompting import Format
-from validora.scoring import (
+from validora.core.prompting import Format
+from validora.score.lexical import lexical_text
+from validora.score.packing import Segment, pack
+from validora.score.readout import Readout
+from validora.score.scoring import (
     LabelScores,
     base_model_only,
     branch_logprobs,

@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: conversions are not serialised there
     fcntl = None  # type: ignore[assignment]
 
-from validora import attention
+from validora.core import attention
 from validora.errors import ConfigError, ModelError
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"

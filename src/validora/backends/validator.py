@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from validora.adapters import AdapterInfo, attach, prompt_format, resolve_adapter_dir
+from validora.adapter.directory import AdapterInfo, attach, prompt_format, resolve_adapter_dir
+from validora.core.metrics import Metrics, classification_metrics
+from validora.core.models import LoadedModel, load_base_model
+from validora.core.prompting import PromptFormat
 from validora.errors import ConfigError, DataError
-from validora.lexical import Readout
-from validora.metrics import Metrics, classification_metrics
-from validora.models import LoadedModel, load_base_model
-from validora.prompting import PromptFormat
-from validora.scoring import LabelScores, score_items
+from validora.score.readout import LabelScores, Readout
+from validora.score.scoring import score_items
 
 
 @dataclass

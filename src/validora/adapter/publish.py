@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from validora import hub, ioyaml, layouts, reports
-from validora.adapters import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
+from validora.adapter import hub, ioyaml, layouts
+from validora.adapter.card import model_card, public_base
+from validora.adapter.directory import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
+from validora.adapter.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
+from validora.core.names import public_name
 from validora.errors import AdapterError, HubError
-from validora.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
-from validora.names import public_name
 
 MAX_OTHER_BYTES = 10 * 1024 * 1024  # anything this large that is not weights is probably data
 MEMORISATION_WARNING = (
@@ -117,7 +118,7 @@ def _public_json(path: Path, public: AdapterInfo, removed: set[str]) -> bytes:
     except (ValueError, UnicodeDecodeError) as exc:
         raise AdapterError(f"{path} is not valid JSON: {exc}") from None
     if path.name == CONFIG_FILE and isinstance(data, dict):  # PEFT's field: the hub id when there is one
-        data["base_model_name_or_path"] = reports.public_base(public.base_model)
+        data["base_model_name_or_path"] = public_base(public.base_model)
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -190,7 +191,7 @@ def build(
     io_text = ioyaml.validate(io_yaml or own_io, info.labels) if io_yaml or own_io.is_file() else None
     if intrinsic:
         name = intrinsic_name or directory.resolve().name
-        base = reports.public_base(public.base_model).split("/")[-1]
+        base = public_base(public.base_model).split("/")[-1]
         for what, segment in (("intrinsic name", name), ("base model name", base)):
             if not _SEGMENT.match(segment):
                 raise HubError(
@@ -213,12 +214,10 @@ def build(
     metrics_path = target / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     name = prefix.split("/")[0] if prefix else None
-    card = reports.model_card(public, metrics, repo_id=repo_id, intrinsic_name=name)
+    card = model_card(public, metrics, repo_id=repo_id, intrinsic_name=name)
     (target / "README.md").write_text(card, encoding="utf-8")
     if prefix:  # the repository's own card, used when it has none yet
-        card = reports.model_card(
-            public, metrics, repo_id=repo_id, intrinsic_name=name, images_at=f"{prefix}/"
-        )
+        card = model_card(public, metrics, repo_id=repo_id, intrinsic_name=name, images_at=f"{prefix}/")
     if io_text is not None:
         (target / "io.yaml").write_text(io_text, encoding="utf-8")
     _check_no_local_paths(dest, removed, card)

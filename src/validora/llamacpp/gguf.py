@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from validora.adapters import (
+from validora.adapter.directory import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterInfo,
@@ -28,9 +28,9 @@ from validora.adapters import (
     recover,
     resolve_adapter_dir,
 )
+from validora.adapter.layouts import adapter_digest
+from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import AdapterError, ConfigError, ModelError
-from validora.layouts import adapter_digest
-from validora.models import BaseModelSpec, resolve_base_model
 
 # HF architecture → (llama.cpp architecture, q/k rows permuted like the converter's `undo_permute`).
 ARCHITECTURES = {

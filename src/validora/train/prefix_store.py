@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from validora import scoring
+from validora.score import scoring
 
 
 class PrefixStore:

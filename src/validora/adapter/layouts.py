@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from validora.names import last_component, same_base_model
+from validora.core.names import last_component, same_base_model
 
 KINDS = ("alora", "lora")
 MARKER = "validora.json"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from typing import Any
 
 import torch
 
-from validora.attention import CAUSAL_LEAD
-from validora.lexical import Readout, lexical_text
-from validora.packing import Packed, Segment, pack
-from validora.prompting import PromptFormat
+from validora.core.attention import CAUSAL_LEAD
+from validora.core.prompting import PromptFormat
+from validora.score.lexical import lexical_text
+from validora.score.packing import Packed, Segment, pack
+from validora.score.readout import LabelScores, Readout
 
 StoredKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), shape [heads, len, dim]
 
@@ -293,33 +293,6 @@ def full_loglik(model: Any, fmt: PromptFormat, prefixes: Sequence[Sequence[int]]
     device = next(model.parameters()).device
     packed = pack(_label_rows(fmt, len(prefixes)), fmt.pad_id, leads=prefixes)
     return _sums(suffix_forward(model, empty_prefix(len(prefixes), device), packed), packed)
-
-
-def probabilities(loglik: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Softmax over the K label sequence log-likelihoods divided by the adapter's fitted temperature
-    (calibration.py): the ranking stays, the confidence matches held-out accuracy."""
-    return Readout(temperature).probabilities(loglik, ())
-
-
-@dataclass(frozen=True)
-class LabelScores:
-    label: str  # most probable label
-    probs: dict[str, float]
-
-    def prob(self, labels: Sequence[str]) -> float:
-        return math.fsum(self.probs[label] for label in labels)
-
-    @classmethod
-    def from_loglik(
-        cls, labels: Sequence[str], loglik: torch.Tensor, temperature: float = 1.0
-    ) -> LabelScores:
-        """Scores from the K label sequence log-likelihoods of one item, at the adapter's temperature."""
-        return cls.from_probs(labels, probabilities(loglik, temperature))
-
-    @classmethod
-    def from_probs(cls, labels: Sequence[str], probs: torch.Tensor) -> LabelScores:
-        values = dict(zip(labels, probs.tolist(), strict=True))
-        return cls(label=max(values, key=values.__getitem__), probs=values)
 
 
 def score_items(

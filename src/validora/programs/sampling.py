@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from validora.errors import ConfigError
-from validora.requirements import ValidationResult
+from validora.programs.requirements import ValidationResult
 
 
 @dataclass

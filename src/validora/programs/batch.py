@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from validora.adapters import AdapterInfo, CustomIntrinsicAdapter
-from validora.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
+from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter.layouts import adapter_digest
+from validora.backends.validator import check_batch_size
+from validora.core.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem
-from validora.layouts import adapter_digest
-from validora.scoring import LabelScores
-from validora.validator import check_batch_size
+from validora.score.readout import LabelScores
 
 META_VERSION = 1
 # What must be equal for a rerun to append to earlier results (paths may differ: the content decides).

@@ -6,8 +6,8 @@ The official llama.cpp tree ships inside the `llama-cpp-python` source distribut
 C++ server is built with CMake + Ninja (Release, CPU, no OpenSSL, no web UI download): only the
 `llama-server` target, into `<cache>/llama.cpp/<commit>/`, with `build.json` recording the commit.
 
-    python -m validora.llamacpp build      # what `make llama-server` runs
-    python -m validora.llamacpp find       # print the server validora would use, or exit 1
+    python -m validora.llamacpp.build build      # what `make llama-server` runs
+    python -m validora.llamacpp.build find       # print the server validora would use, or exit 1
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from validora.core.models import cache_dir
 from validora.errors import ConfigError, ValidoraError
-from validora.models import cache_dir
 
 LLAMA_CPP_PYTHON = "0.3.36"  # its sdist vendors llama.cpp at this commit (its CHANGELOG says so)
 LLAMA_CPP_COMMIT = "0c1e57098"
@@ -211,7 +211,7 @@ def build(*, jobs: int = 1, niceness: int = 19, say: Callable[[str], None] = _sa
 
 def _smoke_test(binary: Path, say: Callable[[str], None]) -> None:
     """A build that cannot serve the embedded model with an aLoRA adapter is not kept."""
-    from validora.models import embedded_gguf_path
+    from validora.core.models import embedded_gguf_path
 
     try:
         base = embedded_gguf_path()
@@ -361,7 +361,7 @@ def write_probe_adapter(base_gguf: str | Path, out: str | Path) -> Path:
 def supports_alora(binary: str | Path, base_gguf: str | Path | None = None) -> bool:
     """Start `binary` with a probe aLoRA adapter on a small base GGUF (the embedded model) and read
     /lora-adapters: only a server that knows aLoRA reports the adapter's invocation tokens."""
-    from validora.models import embedded_gguf_path
+    from validora.core.models import embedded_gguf_path
 
     base = Path(base_gguf) if base_gguf else embedded_gguf_path()
     with tempfile.TemporaryDirectory(prefix="validora-probe-") as tmp:
@@ -402,7 +402,7 @@ def ensure_server(*, jobs: int = 1, say: Callable[[str], None] = _say) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m validora.llamacpp build|find`: for the Makefile; no CLI framework needed."""
+    """`python -m validora.llamacpp.build build|find`: for the Makefile; no CLI framework needed."""
     args = sys.argv[1:] if argv is None else argv
     try:
         jobs = int(os.environ.get("VALIDORA_BUILD_JOBS", "1"))
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidoraError as exc:
         _say(f"Error: {exc}")
         return 1
-    _say("usage: python -m validora.llamacpp build|find")
+    _say("usage: python -m validora.llamacpp.build build|find")
     return 2
 
 

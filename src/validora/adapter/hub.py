@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora import layouts
+from validora.adapter import layouts
 from validora.errors import AdapterError, HubError
 
 

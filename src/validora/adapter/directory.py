@@ -24,15 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from validora.calibration import positive_number
+from validora.core.calibration import positive_number
+from validora.core.names import last_component, same_base_model
+from validora.core.prompting import PROMPT_FORMAT_VERSION, PromptFormat
 from validora.errors import AdapterError, HubError
-from validora.lexical import LEXICAL_FILE, valid_description
-from validora.names import last_component, same_base_model
-from validora.prompting import PROMPT_FORMAT_VERSION, PromptFormat
 
 FORMAT_VERSION = 1
 INFO_FILE = "validora.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+LEXICAL_FILE = "lexical.safetensors"
 CONFIG_FILE = "adapter_config.json"
 REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
 # Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
@@ -63,7 +63,7 @@ class AdapterInfo:
     # Label probabilities are softmax(loglik / temperature), fitted on the held-out split at the end
     # of training (calibration.py); files written before calibration existed load with 1.0.
     temperature: float = 1.0
-    # The lexical model mixed into the label probabilities (lexical.Readout.describe); None: the adapter alone.
+    # The lexical model mixed into the label probabilities (readout.Readout.describe); None: the adapter alone.
     lexical: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
@@ -115,6 +115,16 @@ def _ids(v: Any) -> bool:
 
 def _text(v: Any) -> bool:
     return isinstance(v, str) and bool(v.strip())
+
+
+def valid_description(v: Any) -> bool:
+    """Whether validora.json's "lexical" is null or what `Readout.describe` writes (the parts it reads)."""
+    if v is None:
+        return True
+    weight = v.get("weight") if isinstance(v, dict) else None
+    temperature = v.get("mixture_temperature") if isinstance(v, dict) else None
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature))
+    return numbers and 0 <= weight < 1 and 0 < temperature < float("inf")
 
 
 def _check_info(data: Any, path: Path, directory: Path) -> None:
@@ -427,7 +437,7 @@ def resolve_adapter_dir(
 ) -> tuple[Path, str | None]:
     """A local adapter directory for a directory, a hub id (plain or intrinsics layout) or a snapshot;
     and, for the intrinsics layout, the intrinsic's name."""
-    from validora import layouts
+    from validora.adapter import layouts
 
     local = Path(model_id).expanduser()
     text = str(model_id)
@@ -438,7 +448,7 @@ def resolve_adapter_dir(
     elif text.startswith((".", "/", "~")) or text.count("/") != 1 or local.exists():
         raise AdapterError(f"Adapter directory not found: {model_id}")
     else:
-        from validora.hub import download_adapter
+        from validora.adapter.hub import download_adapter
 
         try:
             root = download_adapter(

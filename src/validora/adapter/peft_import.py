@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapters import (
+from validora.adapter.directory import (
     CONFIG_FILE,
     INFO_FILE,
     WEIGHTS_FILE,
@@ -23,11 +23,11 @@ from validora.adapters import (
     check_target,
     staged_directory,
 )
+from validora.adapter.layouts import KINDS, is_adapter_file
+from validora.core.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
+from validora.core.names import public_name
+from validora.core.prompting import PromptFormat
 from validora.errors import AdapterError, ConfigError, ModelError
-from validora.layouts import KINDS, is_adapter_file
-from validora.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
-from validora.names import public_name
-from validora.prompting import PromptFormat
 
 IO_YAML = "io.yaml"
 PICKLED_WEIGHTS = "adapter_model.bin"
@@ -118,7 +118,7 @@ def _check_weights(path: Path) -> None:
 
 def resolve_labels(source: Path, labels: list[str] | None) -> tuple[list[str], str]:
     """The labels given, or those of the folder's io.yaml; both given, they must be the same set."""
-    from validora import ioyaml
+    from validora.adapter import ioyaml
 
     io_yaml = source / IO_YAML
     if not io_yaml.is_file():

@@ -1,0 +1,1 @@
+"""The adapter directory format and everything that reads, writes, publishes or imports one."""

@@ -1,0 +1,1 @@
+"""Generative programs: sessions, requirements and their grammar, sampling, batch files."""

@@ -1,0 +1,109 @@
+"""The readout: how an adapter's label log-likelihoods become the probabilities every path reports
+(its temperature, then its lexical model's mixture), and the scores that carry them. Applied in
+exactly one place per path: `Readout.scores`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from validora.adapter.directory import LEXICAL_FILE
+from validora.core.calibration import fit_temperature
+from validora.score.lexical import LexicalModel, fit_lexical
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    label: str  # most probable label
+    probs: dict[str, float]
+
+    def prob(self, labels: Sequence[str]) -> float:
+        return math.fsum(self.probs[label] for label in labels)
+
+    @classmethod
+    def from_probs(cls, labels: Sequence[str], probs: torch.Tensor) -> LabelScores:
+        values = dict(zip(labels, probs.tolist(), strict=True))
+        return cls(label=max(values, key=values.__getitem__), probs=values)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How an adapter's label log-likelihoods become probabilities: divided by its fitted temperature,
+    then (when it has a lexical model) mixed with that model's log-probabilities at `weight` and divided
+    by the temperature fitted for the mixture."""
+
+    temperature: float = 1.0
+    lexical: LexicalModel | None = None
+    weight: float = 0.0
+    mixed_temperature: float = 1.0
+
+    @property
+    def mixes(self) -> bool:
+        return self.lexical is not None and self.weight > 0
+
+    def mixture(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """[N, K] unnormalised log-scores before the mixture's temperature (what calibration fits)."""
+        adapter = torch.log_softmax(loglik.float() / self.temperature, dim=-1)
+        if not self.mixes:
+            return adapter
+        assert self.lexical is not None
+        return (1 - self.weight) * adapter + self.weight * self.lexical.logprobs(texts).to(adapter.device)
+
+    def probabilities(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """[N, K] label probabilities of N items (`loglik` [N, K]; `texts` from `lexical_text`, unread
+        without a lexical model: then it is softmax(loglik / temperature))."""
+        if not self.mixes:
+            return torch.softmax(loglik.float() / self.temperature, dim=-1)
+        return torch.softmax(self.mixture(loglik, texts) / self.mixed_temperature, dim=-1)
+
+    def scores(self, labels: Sequence[str], loglik: torch.Tensor, texts: Sequence[str]) -> list[LabelScores]:
+        probs = self.probabilities(loglik.reshape(len(texts), -1), texts)
+        return [LabelScores.from_probs(labels, row) for row in probs]
+
+    def describe(self) -> dict[str, Any] | None:
+        """validora.json's "lexical" object (None without a lexical model)."""
+        if not self.mixes or self.lexical is None:
+            return None
+        return {"file": LEXICAL_FILE, "kind": self.lexical.kind, "C": self.lexical.c, "weight": self.weight,
+                "mixture_temperature": self.mixed_temperature}  # fmt: skip
+
+    @classmethod
+    def of_adapter(cls, info: Any, directory: str | Path) -> Readout:
+        """The readout an adapter directory describes (validora.json, and its lexical file if any)."""
+        lexical = getattr(info, "lexical", None)
+        if not lexical:
+            return cls(info.temperature)
+        model = LexicalModel.load(Path(directory) / LEXICAL_FILE, info.labels)
+        return cls(info.temperature, model, float(lexical["weight"]), float(lexical["mixture_temperature"]))
+
+
+def fit_readouts(
+    loglik: torch.Tensor,
+    temperature: float,
+    pairs: tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]],
+    labels: Sequence[str],
+    weight: float,
+) -> tuple[Readout, Readout]:
+    """An adapter's readouts from its validation log-likelihoods `loglik` [N_val, K] (already fitted:
+    its `temperature`) and the (text, label) `pairs` of the training and validation splits.
+
+    The lexical model's n-grams, C and temperature and the mixture's temperature are chosen on the
+    validation split. Two readouts: the held-out one (lexical model fitted on the training split: the
+    validation figures are its) and the one kept, its lexical model refitted on training + validation
+    with the same choices, as a TF-IDF baseline is refitted on all its data (BENCHMARKS.md, "Refitting
+    the lexical model": more accurate on average and better calibrated on the quality suite).
+    Without a lexical model (weight 0, or a label with no training text) both are the adapter alone.
+    """
+    alone = Readout(temperature)
+    model = fit_lexical(*pairs, labels) if weight > 0 else None
+    if model is None:
+        return alone, alone
+    index = {label: i for i, label in enumerate(labels)}
+    mixture = Readout(temperature, model, weight).mixture(loglik, [t for t, _ in pairs[1]])
+    held_out = Readout(temperature, model, weight, fit_temperature(mixture, [index[g] for _, g in pairs[1]]))
+    return held_out, replace(held_out, lexical=model.refit([*pairs[0], *pairs[1]]))
