@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.directory import LEXICAL_FILE, AdapterInfo
 from validora.cli import app
 from validora.core.calibration import (
     expected_calibration_error,
@@ -21,7 +21,6 @@ from validora.core.calibration import (
 )
 from validora.errors import AdapterError, ConfigError
 from validora.score import scoring
-from validora.score.lexical import LEXICAL_FILE
 from validora.score.readout import Readout
 
 from .conftest import EXAMPLES, write_jsonl

@@ -14,7 +14,8 @@ import yaml
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from validora import CustomIntrinsicAdapter, ioyaml, layouts
+from validora import CustomIntrinsicAdapter
+from validora.adapter import ioyaml, layouts
 from validora.adapter.directory import AdapterInfo
 from validora.backends.validator import load_validator
 from validora.cli import app

@@ -8,22 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter.directory import LEXICAL_FILE, AdapterInfo, CustomIntrinsicAdapter
 from validora.backends.huggingface import LocalHFBackend
 from validora.backends.validator import load_validator
 from validora.cli import app
 from validora.core.calibration import fit_temperature
 from validora.errors import AdapterError, ConfigError
-from validora.score.lexical import (
-    C_GRID,
-    KINDS,
-    LEXICAL_FILE,
-    LexicalModel,
-    Readout,
-    fit_lexical,
-    lexical_text,
-)
-from validora.score.scoring import probabilities, score_items
+from validora.score.lexical import C_GRID, KINDS, LexicalModel, fit_lexical, lexical_text
+from validora.score.readout import Readout
+from validora.score.scoring import score_items
 from validora.train.recipe import Recipe
 
 TEXTS = [
@@ -96,7 +89,9 @@ def test_fit_lexical_chooses_on_validation_and_needs_every_label():
 def test_readout_is_the_temperature_softmax_without_lexical_and_the_mixture_with_it():
     loglik = torch.tensor([[-3.0, -1.0, -2.5], [-0.5, -4.0, -1.0]])
     texts = ["knock at high rpm", "blue smoke and oil"]
-    assert torch.allclose(Readout(1.7).probabilities(loglik, texts), probabilities(loglik, 1.7))
+    assert torch.allclose(
+        Readout(1.7).probabilities(loglik, texts), torch.softmax(loglik.float() / 1.7, dim=-1)
+    )
     model = LexicalModel.fit("word 1-2", 10.0, TEXTS, GOLD, LABELS)
     mixed = Readout(1.7, model, 0.5, 0.8).probabilities(loglik, texts)
     by_hand = torch.softmax(
@@ -104,9 +99,10 @@ def test_readout_is_the_temperature_softmax_without_lexical_and_the_mixture_with
     )
     assert torch.allclose(mixed, by_hand, atol=1e-6)
     assert torch.allclose(mixed.sum(-1), torch.ones(2))
-    assert not torch.allclose(mixed, probabilities(loglik, 1.7), atol=1e-3)
+    assert not torch.allclose(mixed, torch.softmax(loglik.float() / 1.7, dim=-1), atol=1e-3)
     assert torch.allclose(
-        Readout(1.7, model, 0.0, 0.8).probabilities(loglik, texts), probabilities(loglik, 1.7)
+        Readout(1.7, model, 0.0, 0.8).probabilities(loglik, texts),
+        torch.softmax(loglik.float() / 1.7, dim=-1),
     )
 
 

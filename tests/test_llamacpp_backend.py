@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req, serve
+from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.backends.llamacpp import LlamaCppBackend
 from validora.core.models import embedded_gguf_path
 from validora.errors import AdapterError
 from validora.llamacpp.build import LlamaCppError, free_port, start_server
 from validora.llamacpp.gguf import export_gguf
+from validora.llamacpp.serving import serve
 from validora.programs.sampling import RejectionSamplingStrategy
 
 from .conftest import EXAMPLES
@@ -55,7 +56,7 @@ def requirement_adapter(trained_adapter, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def serving(trained_adapter, requirement_adapter, llama_server):
-    with serve.serve([trained_adapter, requirement_adapter], threads=1) as running:
+    with serve([trained_adapter, requirement_adapter], threads=1) as running:
         yield running
 
 
@@ -409,7 +410,7 @@ def test_several_slots_are_refused_for_alora_adapters(trained_adapter, llama_ser
     from validora.errors import ConfigError
 
     with pytest.raises(ConfigError, match="parallel 2 is refused for aLoRA adapters") as err:
-        serve.serve([trained_adapter], parallel=2)
+        serve([trained_adapter], parallel=2)
     assert err.value.option == "parallel"
     ours = export_gguf(trained_adapter, tmp_path / "ours.gguf")
     with start_server(llama_server, embedded_gguf_path(), [ours], parallel=2, **QUICK) as running:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from validora.adapter.directory import (
+    LEXICAL_FILE,
     RELIABILITY_FILE,
     AdapterInfo,
     check_target,
@@ -34,7 +35,7 @@ from validora.core.models import LoadedModel, check_target_modules, load_base_mo
 from validora.core.prompting import PromptFormat, load_promptfile
 from validora.errors import ConfigError
 from validora.score import scoring
-from validora.score.lexical import LEXICAL_FILE, lexical_text
+from validora.score.lexical import lexical_text
 from validora.score.packing import Packed, Segment, pack
 from validora.score.readout import Readout, fit_readouts
 from validora.train import resume
