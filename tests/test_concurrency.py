@@ -11,8 +11,7 @@ import time
 
 from validora import CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.backends.huggingface import Generation
-from validora.errors import AdapterError
-from validora.programs.requirements import RequirementError
+from validora.errors import AdapterError, RequirementError
 from validora.score.checks import CheckResult
 
 NOTE = "High vibration at 3100 RPM, connecting rod suspected."

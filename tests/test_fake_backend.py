@@ -12,12 +12,11 @@ import pytest
 
 from validora import Backend, ChatContext, MultiTurnStrategy, RejectionSamplingStrategy, Session, req
 from validora.core.prompting import Format, JudgeFormat, PromptFormat
-from validora.errors import AdapterError, ConfigError
+from validora.errors import AdapterError, ConfigError, RequirementError
 from validora.programs.requirements import (
     AdapterRoute,
     JudgeRoute,
     PythonRoute,
-    RequirementError,
     ValidationResult,
     route,
     validate_output,

@@ -23,8 +23,8 @@ import pytest
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.backends.llamacpp import LlamaCppBackend
 from validora.core.models import embedded_gguf_path
-from validora.errors import AdapterError
-from validora.llamacpp.build import LlamaCppError, free_port, start_server
+from validora.errors import AdapterError, LlamaCppError
+from validora.llamacpp.build import free_port, start_server
 from validora.llamacpp.gguf import export_gguf
 from validora.llamacpp.serving import serve
 from validora.programs.sampling import RejectionSamplingStrategy

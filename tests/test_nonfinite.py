@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from validora.cli import app
-from validora.errors import ConfigError
-from validora.train.trainer import Recipe, TrainConfig, Trainer, TrainingDiverged
+from validora.errors import ConfigError, TrainingDiverged
+from validora.train.trainer import Recipe, TrainConfig, Trainer
 
 from .conftest import engine_rows, write_jsonl
 

@@ -12,8 +12,7 @@ import torch
 
 from validora import Backend, ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
 from validora.adapter.directory import LEXICAL_FILE
-from validora.errors import AdapterError
-from validora.programs.requirements import RequirementError
+from validora.errors import AdapterError, RequirementError
 from validora.programs.sampling import RejectionSamplingStrategy
 from validora.score.lexical import lexical_text
 from validora.score.scoring import full_loglik, score_items

@@ -2,7 +2,8 @@
 
 import pytest
 
-from validora.programs.requirements import RequirementError, choose_adapter, labels_named, req
+from validora.errors import RequirementError
+from validora.programs.requirements import choose_adapter, labels_named, req
 
 from .conftest import LABELS
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "ModelError": "validora.errors",
     "AdapterError": "validora.errors",
     "HubError": "validora.errors",
-    "LlamaCppError": "validora.llamacpp.build",
+    "LlamaCppError": "validora.errors",
     "TrainConfig": "validora.train.trainer",
     "Recipe": "validora.train.trainer",
     "Trainer": "validora.train.trainer",

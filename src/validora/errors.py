@@ -40,6 +40,24 @@ class HubError(ValidoraError):
     """Talking to the Hugging Face Hub failed."""
 
 
+class RequirementError(ConfigError):
+    """A requirement cannot be judged as written; the message says how to fix it."""
+
+
+class TrainingDiverged(ValidoraError):
+    """The loss or the weights became NaN or infinite; the run stops before anything is saved."""
+
+
+class ResumeError(ValidoraError):
+    """The saved state belongs to another run, or cannot be read: resuming would not give its adapter."""
+
+    exit_code = 2
+
+
+class LlamaCppError(ValidoraError):
+    """llama-server could not be found, built, started or reached."""
+
+
 @dataclass(frozen=True)
 class LineProblem:
     path: Path

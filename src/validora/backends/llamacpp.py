@@ -38,8 +38,8 @@ from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
 from validora.core.models import load_tokenizer, resolve_base_model
 from validora.core.names import same_base_model
 from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
-from validora.errors import AdapterError
-from validora.llamacpp.build import PARALLEL_ALORA_BUG, LlamaCppError
+from validora.errors import AdapterError, LlamaCppError
+from validora.llamacpp.build import PARALLEL_ALORA_BUG
 from validora.llamacpp.gguf import served_name
 from validora.score.lexical import lexical_text
 from validora.score.readout import Readout

@@ -185,7 +185,7 @@ def _predict_to_file(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from validora.adapter.directory import resolve_adapter_dir
-    from validora.llamacpp.build import LlamaCppError
+    from validora.errors import LlamaCppError
     from validora.programs.batch import ServerScorer, plan_batch
 
     if output is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from validora.core.models import cache_dir
-from validora.errors import ConfigError, ValidoraError
+from validora.errors import ConfigError, LlamaCppError, ValidoraError
 
 LLAMA_CPP_PYTHON = "0.3.36"  # its sdist vendors llama.cpp at this commit (its CHANGELOG says so)
 LLAMA_CPP_COMMIT = "0c1e57098"
@@ -40,10 +40,6 @@ CMAKE_FLAGS = (
     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_CUDA=OFF", "-DGGML_METAL=OFF",
 )  # fmt: skip
-
-
-class LlamaCppError(ValidoraError):
-    """llama-server could not be found, built, started or reached."""
 
 
 # Measured with benchmarks/serve_throughput.py on fresh outputs: with -np 4 and 4 concurrent clients

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from validora.adapter.directory import AdapterInfo, resolve_adapter_dir
 from validora.core.models import BaseModelSpec, resolve_base_model
-from validora.errors import ConfigError, ModelError
-from validora.llamacpp.build import PARALLEL_ALORA_BUG, LlamaCppError, Server, ensure_server, start_server
+from validora.errors import ConfigError, LlamaCppError, ModelError
+from validora.llamacpp.build import PARALLEL_ALORA_BUG, Server, ensure_server, start_server
 from validora.llamacpp.gguf import conversion_hint, export_gguf
 
 

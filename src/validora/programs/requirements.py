@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from validora.backends.base import Backend, CheckSpec
-from validora.errors import ConfigError
+from validora.errors import ConfigError, RequirementError
 
 if TYPE_CHECKING:
     from validora.backends.base import CheckResult
@@ -75,10 +75,6 @@ _PHRASES = [
     (r"\bcan\s+not\b", " cannot "),
 ]
 _WORD = re.compile(r"\w+(?:'\w+)*|[,;:.!?()\[\]/]")
-
-
-class RequirementError(ConfigError):
-    """A requirement cannot be judged as written; the message says how to fix it."""
 
 
 @dataclass

@@ -10,7 +10,6 @@ import torch
 
 from validora.core.calibration import T_MAX
 from validora.core.metrics import Metrics
-from validora.errors import ValidoraError
 
 
 class StepLoss(NamedTuple):
@@ -19,10 +18,6 @@ class StepLoss(NamedTuple):
     objective: torch.Tensor
     nll: float
     tokens: int
-
-
-class TrainingDiverged(ValidoraError):
-    """The loss or the weights became NaN or infinite; the run stops before anything is saved."""
 
 
 @dataclass

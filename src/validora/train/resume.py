@@ -27,19 +27,13 @@ from typing import Any
 
 import torch
 
-from validora.errors import ValidoraError
+from validora.errors import ResumeError
 from validora.train.distributed import gather_objects, launched_world
 from validora.train.report import EpochRecord
 
 STATE_FORMAT = 1
 STATE_SUFFIX = ".train-state.safetensors"
 PAUSE_ENV = "VALIDORA_TEST_STATE_PAUSE"  # tests: seconds to wait, with a line on stderr, once a state is kept
-
-
-class ResumeError(ValidoraError):
-    """The saved state belongs to another run, or cannot be read: resuming would not give its adapter."""
-
-    exit_code = 2
 
 
 def state_path(outfile: str | Path) -> Path:

@@ -33,7 +33,7 @@ from validora.core.data import Example, labels_of, load_jsonl, stratified_split
 from validora.core.metrics import Metrics, classification_metrics
 from validora.core.models import LoadedModel, check_target_modules, load_base_model
 from validora.core.prompting import PromptFormat, load_promptfile
-from validora.errors import ConfigError
+from validora.errors import ConfigError, TrainingDiverged
 from validora.score import scoring
 from validora.score.lexical import lexical_text
 from validora.score.packing import Packed, Segment, pack
@@ -42,18 +42,11 @@ from validora.train import resume
 from validora.train.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
 from validora.train.prefix_store import PrefixStore
 from validora.train.recipe import Recipe, TrainConfig, resolve_epochs
-from validora.train.report import (
-    EpochRecord,
-    Progress,
-    SilentProgress,
-    StepLoss,
-    TrainingDiverged,
-    TrainReport,
-)
+from validora.train.report import EpochRecord, Progress, SilentProgress, StepLoss, TrainReport
 
 # Re-exported: callers import the report types from here.
 __all__ = ["EpochRecord", "Progress", "Recipe", "SilentProgress", "StepLoss", "TrainConfig", "TrainReport"]
-__all__ += ["Trainer", "TrainingDiverged", "train"]
+__all__ += ["Trainer", "train"]
 
 
 @dataclass
