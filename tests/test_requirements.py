@@ -3,7 +3,7 @@
 import pytest
 
 from validora.errors import RequirementError
-from validora.programs.requirements import choose_adapter, labels_named, req
+from validora.programs.requirements import choose_adapter, req
 
 from .conftest import LABELS
 
@@ -170,12 +170,19 @@ def test_accept_and_reject_are_checked_against_the_labels(kwargs, says):
         req("x", **kwargs).passing_labels(LABELS)
 
 
-def test_labels_named_never_counts_ordinary_words_or_shorter_overlaps():
-    assert labels_named("The summary must contain no profanity.", YES_NO) == set()
-    assert labels_named("must be 'no'", YES_NO) == {"no"}
-    assert labels_named("must be piston rings", MULTI_WORD) == {"piston rings"}
-    assert labels_named("must be 'piston_rings', not no_failure", LABELS) == {"piston_rings"}
-    assert labels_named("must not be no_failure", LABELS) == {"no_failure"}
+def test_mentions_never_count_ordinary_words_or_shorter_overlaps():
+    # "no" unquoted names no label: the yes/no set passes its positive label, and it routes nowhere
+    assert req("The summary must contain no profanity.").passing_labels(YES_NO) == {"yes"}
+    with pytest.raises(RequirementError, match="pass adapter="):
+        choose_adapter(req("The summary must contain no profanity."), {"a": YES_NO, "b": ["no", "x"]})
+    assert req("must be 'no'").passing_labels(YES_NO) == {"no"}
+    # "piston rings" is named, not the shorter "rings" inside it
+    assert req("must be piston rings").passing_labels(MULTI_WORD) == {"piston rings"}
+    # a quoted label wins over one only written out, and a written-out one counts on its own
+    quoted_wins = {"a": LABELS, "b": ["no_failure", "x"]}
+    assert choose_adapter(req("must be 'piston_rings', not no_failure"), quoted_wins) == "a"
+    assert req("must not be no_failure").passing_labels(LABELS) == ALL - {"no_failure"}
+    assert choose_adapter(req("must not be no_failure"), {"a": ["x", "y"], "b": LABELS}) == "b"
 
 
 ADAPTERS = {"engine": LABELS, "profanity": YES_NO, "style": ["non_compliant", "compliant"]}
