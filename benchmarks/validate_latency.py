@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from validora import CustomIntrinsicAdapter, LocalHFBackend
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.core.models import load_base_model
 from validora.core.prompting import PromptFormat
 from validora.score.scoring import prefill

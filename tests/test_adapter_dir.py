@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora.adapter import directory
-from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter import saving
+from validora.adapter.loading import CustomIntrinsicAdapter
+from validora.adapter.schema import AdapterInfo
 from validora.cli import app
+from validora.core import files
 from validora.core.names import base_key, same_base_model
 from validora.errors import AdapterError
 
@@ -155,10 +157,10 @@ def test_sigterm_between_the_two_renames_waits_for_the_swap(tmp_path: Path, monk
     def as_interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(directory, "_pause_for_tests", pause)
+    monkeypatch.setattr(saving, "_pause_for_tests", pause)
     previous = signal.signal(signal.SIGTERM, as_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt), directory.staged_directory(target, overwrite=True) as staging:
+        with pytest.raises(KeyboardInterrupt), saving.staged_directory(target, overwrite=True) as staging:
             fill(staging, "new")
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -173,8 +175,8 @@ def test_sigint_while_staging_keeps_the_earlier_adapter(tmp_path: Path, monkeypa
         if moment == "staged":
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(directory, "_pause_for_tests", pause)
-    with pytest.raises(KeyboardInterrupt), directory.staged_directory(target, overwrite=True) as staging:
+    monkeypatch.setattr(saving, "_pause_for_tests", pause)
+    with pytest.raises(KeyboardInterrupt), saving.staged_directory(target, overwrite=True) as staging:
         fill(staging, "new")
     assert marker(target) == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
@@ -190,7 +192,7 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path: Path):
     leftover(tmp_path, "partial", "new")
     target = tmp_path / "adapter"
     with pytest.warns(UserWarning, match="restored the earlier adapter") as caught:
-        directory.check_target(target, overwrite=True)
+        saving.check_target(target, overwrite=True)
     assert len(caught) == 1 and ".adapter.partial-new" in str(caught[0].message)  # one line says it all
     assert marker(target) == "earlier" and AdapterInfo.read(target).base_model == "smollm2-135m-instruct"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
@@ -198,9 +200,12 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path: Path):
 
 def test_without_overwrite_the_restored_adapter_is_still_protected(tmp_path: Path):
     leftover(tmp_path, "old", "earlier")
-    with pytest.warns(UserWarning, match="restored"), pytest.raises(AdapterError, match="--overwrite"):
-        directory.check_target(tmp_path / "adapter", overwrite=False)
-    assert marker(tmp_path / "adapter") == "earlier"
+    with (
+        pytest.warns(UserWarning, match="restored"),
+        pytest.raises(AdapterError, match="overwrite is needed") as raised,
+    ):
+        saving.check_target(tmp_path / "adapter", overwrite=False)
+    assert marker(tmp_path / "adapter") == "earlier" and raised.value.option == "overwrite"
 
 
 def test_stale_staging_and_old_copies_are_swept(tmp_path: Path):
@@ -210,7 +215,7 @@ def test_stale_staging_and_old_copies_are_swept(tmp_path: Path):
     (tmp_path / ".adapter.probe-x").mkdir()
     (tmp_path / ".other.partial-x").mkdir()  # another target's: not ours to judge
     with pytest.warns(UserWarning, match="removed .adapter.old-o1, .adapter.partial-p1, .adapter.probe-x"):
-        directory.check_target(target, overwrite=True)
+        saving.check_target(target, overwrite=True)
     assert marker(target) == "current"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial-x", "adapter"]
 
@@ -220,7 +225,7 @@ def test_an_old_copy_holding_user_files_is_kept_and_named(tmp_path: Path):
     old = leftover(tmp_path, "old", "o1")
     (old / "io.yaml").write_text("model: null\n")
     with pytest.warns(UserWarning, match="kept .adapter.old-o1"):
-        directory.recover(target)
+        saving.recover(target)
     assert (old / "io.yaml").is_file()
 
 
@@ -228,24 +233,57 @@ def test_leftovers_of_a_run_in_progress_are_left_alone(tmp_path: Path):
     """A live writer holds a lock on its staging directory and on the earlier adapter it moved aside."""
     staging = leftover(tmp_path, "partial", "live")
     old = leftover(tmp_path, "old", "live")
-    locks = [directory._lock(staging), directory._lock(old)]
+    locks = [files.try_lock(staging), files.try_lock(old)]
     assert None not in locks
     try:
-        assert directory.recover(tmp_path / "adapter") is None
+        assert saving.recover(tmp_path / "adapter") is None
         assert staging.is_dir() and old.is_dir() and not (tmp_path / "adapter").exists()
     finally:
         for fd in locks:
             os.close(fd)
     with pytest.warns(UserWarning, match="restored"):  # the writer died: now they are leftovers
-        directory.recover(tmp_path / "adapter")
+        saving.recover(tmp_path / "adapter")
     assert marker(tmp_path / "adapter") == "live"
 
 
-def test_loading_restores_an_adapter_stranded_by_a_kill(tmp_path: Path):
+def listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_loading_never_recovers_it_only_says_the_next_save_will(tmp_path: Path):
+    """Reads never write: a stranded earlier adapter stays where the killed save left it."""
     leftover(tmp_path, "old", "earlier")
-    with pytest.warns(UserWarning, match="restored"):
-        adapter = CustomIntrinsicAdapter(model_id=str(tmp_path / "adapter"))
-    assert adapter.labels == ["yes", "no"] and marker(tmp_path / "adapter") == "earlier"
+    leftover(tmp_path, "partial", "new")
+    before = listing(tmp_path)
+    for load in (lambda: CustomIntrinsicAdapter(model_id=str(tmp_path / "adapter")),
+                 lambda: AdapterInfo.read(tmp_path / "adapter")):  # fmt: skip
+        with (
+            pytest.warns(UserWarning, match="earlier adapter is in .adapter.old-earlier") as caught,
+            pytest.raises(AdapterError, match="not found"),
+        ):
+            load()
+        assert "mv " in str(caught[0].message) and "next save" in str(caught[0].message)
+        assert listing(tmp_path) == before
+    with (
+        pytest.warns(UserWarning, match="restored the earlier adapter"),  # the next save recovers it
+        saving.staged_directory(tmp_path / "adapter", overwrite=True) as staging,
+    ):
+        fill(staging, "new")
+    assert marker(tmp_path / "adapter") == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_leftover_beside_an_adapter_is_left_alone_by_loading_and_swept_by_the_next_save(tmp_path: Path):
+    target = make_adapter(tmp_path / "adapter")
+    leftover(tmp_path, "partial", "dead")
+    before = listing(tmp_path)
+    assert CustomIntrinsicAdapter(model_id=str(target)).labels == ["yes", "no"]
+    assert AdapterInfo.read(target).labels == ["yes", "no"] and listing(tmp_path) == before
+    with (
+        pytest.warns(UserWarning, match="removed .adapter.partial-dead"),
+        saving.staged_directory(target, overwrite=True) as staging,
+    ):
+        fill(staging, "new")
+    assert marker(target) == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
 # ----- user files, writability, full disk -----------------------------------------------------------
@@ -259,7 +297,7 @@ def test_overwrite_keeps_files_validora_does_not_write(tmp_path: Path):
     (target / "extra" / "x.txt").write_text("deep")
     (target / "README.md").write_text("old card")  # validora's: replaced
     kept = r"Kept 3 file\(s\) .*: extra, io.yaml, notes.txt"
-    with pytest.warns(UserWarning, match=kept), directory.staged_directory(target, overwrite=True) as staging:
+    with pytest.warns(UserWarning, match=kept), saving.staged_directory(target, overwrite=True) as staging:
         fill(staging, "new")
         (staging / "README.md").write_text("new card")
     assert marker(target) == "new" and (target / "README.md").read_text() == "new card"
@@ -273,12 +311,13 @@ def test_an_unwritable_outfile_is_refused_at_setup(tmp_path: Path, small_data: P
     """Before: found out after training. A parent that is a file cannot hold a directory."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(AdapterError, match="Cannot write"):
-        directory.check_target(blocker / "adapter", overwrite=False)
+    with pytest.raises(AdapterError, match=r"outfile .* cannot be written"):
+        saving.check_target(blocker / "adapter", overwrite=False)
     result = CliRunner().invoke(
         app, ["alora", "train", str(small_data), "--outfile", str(blocker / "adapter"), "--device", "cpu"]
     )
-    assert result.exit_code == 1 and "Cannot write" in result.output, result.output
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"--outfile {blocker / 'adapter'} cannot be written" in said, said
     assert "Loading base model" not in result.output  # refused before any model is loaded
 
 
@@ -288,8 +327,8 @@ def test_a_read_only_parent_is_refused_at_setup(tmp_path: Path):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        with pytest.raises(AdapterError, match="Cannot write"):
-            directory.check_target(parent / "adapter", overwrite=False)
+        with pytest.raises(AdapterError, match="cannot be written"):
+            saving.check_target(parent / "adapter", overwrite=False)
     finally:
         parent.chmod(0o755)
 
@@ -297,10 +336,10 @@ def test_a_read_only_parent_is_refused_at_setup(tmp_path: Path):
 def test_too_little_free_space_is_refused_at_setup(tmp_path: Path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(
-        directory.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 10 * 2**20, 10 * 2**20)
+        saving.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 10 * 2**20, 10 * 2**20)
     )
-    with pytest.raises(AdapterError, match=r"Not enough free space .*10 MiB free .*100 MiB needed"):
-        directory.check_target(tmp_path / "adapter", overwrite=False)
+    with pytest.raises(AdapterError, match=r"not enough free space, 10 MiB free .*100 MiB needed"):
+        saving.check_target(tmp_path / "adapter", overwrite=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -319,7 +358,7 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_earlier_adapter
     kept = "earlier adapter there is kept. The disk is full: free some space"
     with (
         pytest.raises(AdapterError, match=kept),
-        directory.staged_directory(target, overwrite=True) as staging,
+        saving.staged_directory(target, overwrite=True) as staging,
     ):
         fill(staging, "new")
         raise error

@@ -21,7 +21,7 @@ from gguf import GGUFReader
 from typer.testing import CliRunner
 
 from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.models import load_base_model
 from validora.core.prompting import GRANITE_INVOCATION, PromptFormat, derive_invocation_prompt

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapter.directory import LEXICAL_FILE, AdapterInfo
+from validora.adapter.schema import LEXICAL_FILE, AdapterInfo
 from validora.cli import app
 from validora.core.calibration import (
     expected_calibration_error,

@@ -19,8 +19,8 @@ from gguf.quants import dequantize
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from validora.adapter.directory import AdapterInfo
 from validora.adapter.layouts import adapter_digest
+from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.models import local_files, resolve_base_model
 from validora.errors import AdapterError, ConfigError

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from validora import CustomIntrinsicAdapter
 from validora.adapter import ioyaml, layouts
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.backends.validator import load_validator
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError

@@ -127,6 +127,7 @@ def test_import_writes_a_validora_adapter_beside_untouched_peft_files(written, i
     fmt = written["fmt"]
     assert info["adapter_type"] == "alora" and info["base_model"] == "smollm2-135m-instruct"
     assert info["labels"] == LABELS and info["prompt"] == fmt.describe()
+    assert info["training"]["labels_from"] == "labels"  # a plain word, never a CLI flag
     assert info["prompt"]["invocation_prompt"] == derive_invocation_prompt(fmt.tokenizer)
     assert info["temperature"] == 1.0 and info["lexical"] is None and info["metrics"] == {}
     assert info["requirements"] is False
@@ -286,7 +287,7 @@ BAD_INPUT = [
     ("io.yaml other labels", _io_yaml(IO_YAML), ["--labels", "yes,no"], "differ from the labels"),
     ("structured answer", _io_yaml(f"response_format: '{json.dumps({'type': 'object', 'properties': {'x': {'enum': LABELS}}})}'\n"), [], "structured answer"),
     ("prefix tuning", _config(peft_type="PREFIX_TUNING"), LABEL_ARGS, "LoRA and aLoRA adapters"),
-    ("uncached hub model", _config(base_model_name_or_path="nobody/not-cached-model"), LABEL_ARGS, "Pass --basemodel"),
+    ("uncached hub model", _config(base_model_name_or_path="nobody/not-cached-model"), LABEL_ARGS, "--basemodel is needed"),
     ("missing base dir", lambda s: None, [*LABEL_ARGS, "--basemodel", "/nonexistent/model"], "/nonexistent/model"),
 ]  # fmt: skip
 
@@ -309,7 +310,7 @@ def test_bad_input_exits_2_and_changes_nothing(written, tmp_path, change, args, 
 @pytest.mark.parametrize("labels", [LABELS, ["'q\"", "a: b", "é", "😀", "a\u2028b", "# x"]])
 def test_labels_from_reads_back_a_generated_io_yaml(tmp_path, labels):
     from validora.adapter import ioyaml
-    from validora.adapter.directory import AdapterInfo
+    from validora.adapter.schema import AdapterInfo
 
     info = AdapterInfo(
         adapter_type="alora", base_model="org/m", labels=labels, prompt={"invocation_prompt": "<|x|>"}
@@ -321,7 +322,8 @@ def test_labels_from_reads_back_a_generated_io_yaml(tmp_path, labels):
 
 def test_adopting_a_directory_keeps_every_entry(tmp_path):
     """In place, the atomic writer copies whatever the block did not write: folders and links included."""
-    from validora.adapter import directory
+    from validora.adapter import saving
+    from validora.errors import AdapterError
 
     target = tmp_path / "peft"
     (target / "checkpoint-1").mkdir(parents=True)
@@ -329,9 +331,9 @@ def test_adopting_a_directory_keeps_every_entry(tmp_path):
     (target / "adapter_config.json").write_text("{}")
     (target / "adapter_model.safetensors").write_bytes(b"w")
     (target / "link").symlink_to("adapter_model.safetensors")
-    with pytest.raises(directory.AdapterError, match="not a validora adapter"):
-        directory.check_target(target, overwrite=True)  # without adopt, a PEFT directory is not replaced
-    with directory.staged_directory(target, overwrite=True, adopt=True) as staging:
+    with pytest.raises(AdapterError, match="not a validora adapter"):
+        saving.check_target(target, overwrite=True)  # without adopt, a PEFT directory is not replaced
+    with saving.staged_directory(target, overwrite=True, adopt=True) as staging:
         (staging / "validora.json").write_text("{}")
     assert sorted(p.name for p in target.iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors", "checkpoint-1", "link", "validora.json",
@@ -343,7 +345,7 @@ def test_adopting_a_directory_keeps_every_entry(tmp_path):
 
 def test_model_card_of_an_imported_adapter_claims_no_training_or_metrics(imported):
     from validora.adapter.card import model_card
-    from validora.adapter.directory import AdapterInfo
+    from validora.adapter.schema import AdapterInfo
 
     card = model_card(AdapterInfo.read(imported), {})
     assert "trained with another tool and imported" in card

@@ -23,7 +23,7 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from validora.adapter.directory import WRITTEN_FILES, AdapterInfo
+from validora.adapter.schema import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
 
 from .conftest import ROOT, engine_rows, read_until, write_jsonl

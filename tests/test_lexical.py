@@ -8,7 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapter.directory import LEXICAL_FILE, AdapterInfo, CustomIntrinsicAdapter
+from validora.adapter.loading import CustomIntrinsicAdapter
+from validora.adapter.schema import LEXICAL_FILE, AdapterInfo
 from validora.backends.huggingface import LocalHFBackend
 from validora.backends.validator import load_validator
 from validora.cli import app

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from validora import Backend, ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Session, req
-from validora.adapter.directory import LEXICAL_FILE
+from validora.adapter.schema import LEXICAL_FILE
 from validora.errors import AdapterError, RequirementError
 from validora.programs.sampling import RejectionSamplingStrategy
 from validora.score.lexical import lexical_text

@@ -4,7 +4,8 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
-from validora.adapter.directory import AdapterInfo, prompt_format
+from validora.adapter.loading import prompt_format
+from validora.adapter.schema import AdapterInfo
 from validora.core.models import local_files, resolve_base_model
 from validora.core.prompting import (
     GRANITE_INVOCATION,

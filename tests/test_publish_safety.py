@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from validora.adapter import ioyaml
 from validora.adapter.card import hub_base_model
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.names import public_name
 
@@ -148,8 +148,8 @@ def test_generated_io_yaml_validates_for_any_label(tmp_path, labels):
 
 def test_a_plain_upload_removes_every_file_validora_wrote_before_and_nothing_of_the_owners(tmp_path):
     """Stale remote files: each of validora's own outputs (the reliability diagram included), never the owner's."""
-    from validora.adapter.directory import WRITTEN_FILES
     from validora.adapter.publish import UploadSet, stale
+    from validora.adapter.schema import WRITTEN_FILES
 
     plan = UploadSet(root=tmp_path, prefix="", files=[], card="")
     remote = {*WRITTEN_FILES, "io.yaml", "notes.md", "train.jsonl"}

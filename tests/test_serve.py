@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.errors import ConfigError, ModelError
 from validora.llamacpp import serving

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from validora.adapter.directory import WRITTEN_FILES, AdapterInfo
+from validora.adapter.schema import WRITTEN_FILES, AdapterInfo
 from validora.cli import app
 from validora.train.recipe import DEFAULT_TARGETS
 from validora.train.trainer import Recipe, TrainConfig, Trainer

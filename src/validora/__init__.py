@@ -27,7 +27,7 @@ _EXPORTS = {
     "Backend": "validora.backends.base",
     "LocalHFBackend": "validora.backends.huggingface",
     "LlamaCppBackend": "validora.backends.llamacpp",
-    "CustomIntrinsicAdapter": "validora.adapter.directory",
+    "CustomIntrinsicAdapter": "validora.adapter.loading",
     "ChatContext": "validora.programs.context",
     "Session": "validora.programs.session",
     "req": "validora.programs.requirements",

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.core.names import public_name
 
 

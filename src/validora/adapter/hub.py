@@ -144,13 +144,15 @@ def upload_files(
             is_private = api.model_info(repo_id).private
             if private and not is_private:
                 raise HubError(
-                    f"{repo_id} already exists and is PUBLIC. Pass --public to publish into it, "
-                    "or choose another --name."
+                    f"public is needed to publish into {repo_id}: it already exists and is PUBLIC. "
+                    "Or choose another repository name.",
+                    option="public",
                 )
             if not private and is_private:
                 raise HubError(
-                    f"{repo_id} exists and is private; --public does not change an existing repository. "
-                    "Change its visibility on the Hub, or upload without --public."
+                    f"public does not change an existing repository: {repo_id} exists and is private. "
+                    "Change its visibility on the Hub, or upload without public.",
+                    option="public",
                 )
         repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         if revision and revision != "main":

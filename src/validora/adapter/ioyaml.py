@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.directory import AdapterInfo
+from validora.adapter.schema import AdapterInfo
 from validora.errors import ConfigError
 
 REQUIRED = ("model", "response_format", "transformations", "parameters")

@@ -94,7 +94,7 @@ def choose(
         )
     raise LookupError(
         f"This repository holds several adapters ({listing}); choose one with intrinsic_name= "
-        "and, if it exists for several base models, base_model_name= (CLI: --intrinsic-name, --base-model)."
+        "and, if it exists for several base models, base_model_name=."
     )
 
 

@@ -15,21 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.directory import (
-    CONFIG_FILE,
-    INFO_FILE,
-    WEIGHTS_FILE,
-    AdapterInfo,
-    check_target,
-    staged_directory,
-)
 from validora.adapter.layouts import KINDS, is_adapter_file
+from validora.adapter.saving import check_target, staged_directory
+from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo
 from validora.core.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
 from validora.core.names import public_name
 from validora.core.prompting import PromptFormat
 from validora.errors import AdapterError, ConfigError, ModelError
 
 IO_YAML = "io.yaml"
+# validora.json's training.labels_from when the caller gave the labels (files before this wrote "--labels").
+LABELS_GIVEN = "labels"
 PICKLED_WEIGHTS = "adapter_model.bin"
 
 
@@ -40,7 +36,7 @@ class Imported:
     path: Path
     info: AdapterInfo
     in_place: bool
-    labels_from: str  # "--labels" or the io.yaml they were read from
+    labels_from: str  # "labels" (the caller's) or the io.yaml they were read from
     skipped: list[str]  # source entries not copied into a new directory (pickles, folders, data)
 
 
@@ -124,11 +120,11 @@ def resolve_labels(source: Path, labels: list[str] | None) -> tuple[list[str], s
     if not io_yaml.is_file():
         if labels is None:
             raise ConfigError(
-                f"labels are needed: {source} has no {IO_YAML} to read them from. Give them as "
-                "--labels a,b,c (the adapter's answers, each exactly as it was trained).",
+                f"labels a,b,c are needed: {source} has no {IO_YAML} to read them from (the adapter's "
+                "answers, each exactly as it was trained).",
                 option="labels",
             )
-        return labels, "--labels"
+        return labels, LABELS_GIVEN
     try:
         found = ioyaml.labels_from(io_yaml)
     except ConfigError as exc:
@@ -139,18 +135,18 @@ def resolve_labels(source: Path, labels: list[str] | None) -> tuple[list[str], s
     if labels is not None and set(labels) != set(found):
         raise ConfigError(
             f"labels {labels} differ from the labels {found} of {io_yaml}; give the same set "
-            "(in any order) or leave --labels out.",
+            "(in any order) or leave them out.",
             option="labels",
         )
     return labels or found, str(io_yaml)
 
 
 def base_model_name(config: dict[str, Any], basemodel: str | None) -> str:
-    """--basemodel, else base_model_name_or_path; a conversion of the embedded GGUF is the embedded alias."""
+    """`basemodel`, else base_model_name_or_path; a conversion of the embedded GGUF is the embedded alias."""
     name = basemodel or config.get("base_model_name_or_path")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(
-            f"{CONFIG_FILE} names no base model (base_model_name_or_path); pass --basemodel.",
+            f"basemodel is needed: {CONFIG_FILE} names no base model (base_model_name_or_path).",
             option="basemodel",
         )
     path = Path(name).expanduser()
@@ -163,12 +159,16 @@ def load_format(
     name: str, labels: list[str], invocation_prompt: str | None, max_length: int, *, given: bool
 ) -> tuple[str, PromptFormat]:
     """The base model's canonical name and validora's prompt format on its tokenizer (no weights loaded)."""
-    fix = "" if given else " Pass --basemodel with a local model directory or a Hub id in the cache."
     try:
         spec = resolve_base_model(name)
         tokenizer = load_tokenizer(spec)
     except ModelError as exc:
-        raise ConfigError(f"{exc}{fix}", option="basemodel" if given else None) from None
+        if given:
+            raise ConfigError(str(exc), option="basemodel") from None
+        raise ConfigError(
+            f"basemodel is needed (a local model directory or a Hub id in the cache): {exc}",
+            option="basemodel",
+        ) from None
     return spec.name, PromptFormat(tokenizer, labels, invocation_prompt, max_length)
 
 
@@ -232,15 +232,16 @@ def import_adapter(
     labels, labels_from = resolve_labels(source, labels)
     if in_place and not overwrite:
         raise ConfigError(
-            f"Importing in place adds {INFO_FILE} to {source}: pass --overwrite to allow that, or "
-            "--outfile NEW_DIR to write the validora adapter as a copy."
+            f"overwrite is needed to import in place: that adds {INFO_FILE} to {source}. Or give an "
+            "outfile, a new directory, to write the validora adapter as a copy.",
+            option="overwrite",
         )
     if _inside(target.resolve(), source.resolve()) or _inside(source.resolve(), target.resolve()):
-        raise ConfigError(f"--outfile {target} and {source} must not contain each other.")
+        raise ConfigError(f"outfile {target} and {source} must not contain each other.", option="outfile")
     try:
         check_target(target, overwrite=overwrite, adopt=in_place)
     except AdapterError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), option=exc.option) from None
     name, fmt = load_format(
         base_model_name(config, basemodel), labels, invocation_prompt, max_length, given=basemodel is not None
     )
@@ -254,7 +255,7 @@ def import_adapter(
         prompt=fmt.describe(),
         training={
             "imported_from": _origin(source),
-            "labels_from": IO_YAML if labels_from != "--labels" else "--labels",
+            "labels_from": LABELS_GIVEN if labels_from == LABELS_GIVEN else IO_YAML,
             "base_model_name_or_path": config.get("base_model_name_or_path"),
             **{k: config[k] for k in ("r", "lora_alpha", "target_modules", "peft_version") if k in config},
         },

@@ -17,8 +17,8 @@ from typing import Any
 
 from validora.adapter import hub, ioyaml, layouts
 from validora.adapter.card import model_card, public_base
-from validora.adapter.directory import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
 from validora.adapter.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
+from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
 from validora.core.names import public_name
 from validora.errors import AdapterError, HubError
 
@@ -192,11 +192,13 @@ def build(
     if intrinsic:
         name = intrinsic_name or directory.resolve().name
         base = public_base(public.base_model).split("/")[-1]
-        for what, segment in (("intrinsic name", name), ("base model name", base)):
+        default = "" if intrinsic_name else " (by default the adapter directory's name)"
+        segments = [(f"intrinsic_name {name!r}{default}", name, "intrinsic_name"), (f"The base model name {base!r}", base, None)]  # fmt: skip
+        for what, segment, option in segments:
             if not _SEGMENT.match(segment):
                 raise HubError(
-                    f"The {what} {segment!r} cannot be a repository folder: use letters, digits, '.', '_' "
-                    "and '-' (--intrinsic-name sets the intrinsic's)."
+                    f"{what} cannot be a repository folder: use letters, digits, '.', '_' and '-'.",
+                    option=option,
                 )
         prefix = layouts.intrinsic_path(name, base, kind)
         io_text = io_text or ioyaml.generate(public)

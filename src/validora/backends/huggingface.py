@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from validora.adapter.directory import CustomIntrinsicAdapter, attach, prompt_format
+from validora.adapter.loading import CustomIntrinsicAdapter, attach, prompt_format
 from validora.backends.base import CheckSpec, Generation
 from validora.core.models import load_base_model
 from validora.core.names import same_base_model

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.directory import CustomIntrinsicAdapter, prompt_format
+from validora.adapter.loading import CustomIntrinsicAdapter, prompt_format
 from validora.backends.base import CheckSpec, Generation
 from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
 from validora.core.models import load_tokenizer, resolve_base_model

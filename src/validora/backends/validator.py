@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.directory import AdapterInfo, attach, prompt_format, resolve_adapter_dir
+from validora.adapter.loading import attach, prompt_format, resolve_adapter_dir
+from validora.adapter.schema import AdapterInfo
 from validora.core.metrics import Metrics, classification_metrics
 from validora.core.models import LoadedModel, load_base_model
 from validora.core.prompting import PromptFormat

@@ -135,7 +135,7 @@ def predict(
         raise ConfigError("Nothing to classify: give texts as arguments or --file.")
     reqs = [r if r is not None else requirement for _, r in pairs]
     if server is not None:
-        from validora.adapter.directory import resolve_adapter_dir
+        from validora.adapter.loading import resolve_adapter_dir
         from validora.programs.batch import ServerScorer
 
         directory = resolve_adapter_dir(adapter, revision=revision)[0]
@@ -184,7 +184,7 @@ def _predict_to_file(
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from validora.adapter.directory import resolve_adapter_dir
+    from validora.adapter.loading import resolve_adapter_dir
     from validora.errors import LlamaCppError
     from validora.programs.batch import ServerScorer, plan_batch
 

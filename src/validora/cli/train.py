@@ -173,7 +173,7 @@ def train(
         highlight=False,
     )
 
-    from validora.adapter.directory import recover
+    from validora.adapter.saving import recover
     from validora.train.trainer import Trainer
 
     recover(outfile)  # leftovers of a killed run first (one warning line), so `before` is what it restored

@@ -74,7 +74,7 @@ def io_yaml(
 ) -> None:
     """Print a correct io.yaml for an adapter (m alora io-yaml ADAPTER > io.yaml)."""
     from validora.adapter import ioyaml
-    from validora.adapter.directory import AdapterInfo
+    from validora.adapter.schema import AdapterInfo
 
     out.print(
         ioyaml.generate(AdapterInfo.read(adapter)), end="", highlight=False, markup=False, soft_wrap=True
@@ -93,7 +93,8 @@ def download(
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
 ) -> None:
     """Download an adapter into the Hugging Face cache and print its local directory."""
-    from validora.adapter.directory import AdapterInfo, resolve_adapter_dir
+    from validora.adapter.loading import resolve_adapter_dir
+    from validora.adapter.schema import AdapterInfo
 
     path, _ = resolve_adapter_dir(
         repo, intrinsic_name=intrinsic_name, base_model_name=base_model, revision=revision

@@ -13,20 +13,15 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows: conversions are not serialised there
-    fcntl = None  # type: ignore[assignment]
-
-from validora.core import attention
+from validora.core import attention, files
+from validora.core.names import is_path_form
 from validora.errors import ConfigError, ModelError
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
@@ -68,9 +63,10 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"The embedded default model ({EMBEDDED_ALIAS}) is not installed.\n"
+            f"basemodel is needed: the embedded default model ({EMBEDDED_ALIAS}) is not installed.\n"
             f"Install it with:  {INSTALL_HINT}\n"
-            "or pass --basemodel with a Hugging Face id, a model directory or a .gguf file."
+            "or give it as a Hugging Face id, a model directory or a .gguf file.",
+            option="basemodel",
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
@@ -95,7 +91,7 @@ def resolve_base_model(name: str | None) -> BaseModelSpec:
                 f"{path} is a directory but holds no config.json, so it is not a model directory."
             )
         return BaseModelSpec(str(path.resolve()), "dir", str(path.resolve()))
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_path_form(name):
         raise ModelError(f"No model directory or file at {name}.")
     return BaseModelSpec(name, "hub", name)
 
@@ -118,34 +114,11 @@ def _converted_gguf_dir(gguf: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f"{target.name}.lock", wait=True):
+    with files.file_lock(target.parent / f"{target.name}.lock", wait=True):
         _sweep_stale(target.parent, held=target.name)
         if not (target / "config.json").is_file():
             _convert_gguf(gguf, target)
     return target
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, wait: bool) -> Iterator[bool]:
-    """An exclusive flock on `path`, released on close or when the process dies.
-
-    Yields False if `wait` is False and another process holds it. Where flock is unavailable
-    (Windows, some network file systems) yields `wait` without locking: a waiting caller goes on
-    unlocked (a concurrent conversion is then done twice, safely), a non-waiting one sweeps nothing.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is None:
-            yield wait
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError:  # held elsewhere (LOCK_NB), or locks unsupported here
-            yield wait
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _sweep_stale(root: Path, held: str | None = None) -> None:
@@ -165,7 +138,7 @@ def _sweep_stale(root: Path, held: str | None = None) -> None:
         if name == held:
             shutil.rmtree(tmp, ignore_errors=True)
             continue
-        with contextlib.suppress(OSError), _locked(root / f"{name}.lock", wait=False) as free:
+        with contextlib.suppress(OSError), files.file_lock(root / f"{name}.lock", wait=False) as free:
             if free:
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -181,7 +154,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.config._name_or_path = gguf.stem
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = files.private_tempdir(target, "tmp")
     tmp.chmod(0o755)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -218,9 +191,13 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available (try --device auto).")
+        raise ConfigError(
+            "device cuda was requested but no CUDA GPU is available (try auto).", option="device"
+        )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps was requested but Apple MPS is not available (try --device auto).")
+        raise ConfigError(
+            "device mps was requested but Apple MPS is not available (try auto).", option="device"
+        )
     return torch.device(device)
 
 

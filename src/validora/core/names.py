@@ -13,9 +13,15 @@ from pathlib import Path
 _HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")
 
 
+def is_path_form(name: str) -> bool:
+    """Whether `name` can only be a path ("." "/" "~" first, or two "/"), not a hub id (`org/name`) or
+    a short name: the one test of "path or hub id?" for base models and adapters alike."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def is_local(name: str) -> bool:
     """A path to a model on this machine rather than a hub id or a short name."""
-    local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf")
+    local = is_path_form(name) or name.lower().endswith(".gguf")
     return local or ("/" in name and Path(name).expanduser().exists())
 
 

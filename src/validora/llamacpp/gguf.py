@@ -20,15 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from validora.adapter.directory import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    AdapterInfo,
-    private_tempdir,
-    recover,
-    resolve_adapter_dir,
-)
 from validora.adapter.layouts import adapter_digest
+from validora.adapter.loading import resolve_adapter_dir
+from validora.adapter.saving import recover
+from validora.adapter.schema import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo
+from validora.core.files import private_tempdir
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import AdapterError, ConfigError, ModelError
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from validora.adapter.directory import AdapterInfo, resolve_adapter_dir
+from validora.adapter.loading import resolve_adapter_dir
+from validora.adapter.schema import AdapterInfo
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import ConfigError, LlamaCppError, ModelError
 from validora.llamacpp.build import PARALLEL_ALORA_BUG, Server, ensure_server, start_server

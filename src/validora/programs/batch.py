@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from validora.adapter.directory import AdapterInfo, CustomIntrinsicAdapter
 from validora.adapter.layouts import adapter_digest
+from validora.adapter.loading import CustomIntrinsicAdapter
+from validora.adapter.schema import AdapterInfo
 from validora.backends.validator import check_batch_size
 from validora.core.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
 from validora.errors import ConfigError, DataError, LineProblem

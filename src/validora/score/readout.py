@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from validora.adapter.directory import LEXICAL_FILE
+from validora.adapter.schema import LEXICAL_FILE
 from validora.core.calibration import fit_temperature
 from validora.score.lexical import LexicalModel, fit_lexical
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from validora.adapter.directory import ADAPTER_TYPES
+from validora.adapter.schema import ADAPTER_TYPES
 from validora.errors import ConfigError
 
 # Attention and MLP: under aLoRA they act only on the few invocation + label tokens, so the MLP costs

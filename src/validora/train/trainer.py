@@ -20,14 +20,8 @@ from pathlib import Path
 
 import torch
 
-from validora.adapter.directory import (
-    LEXICAL_FILE,
-    RELIABILITY_FILE,
-    AdapterInfo,
-    check_target,
-    staged_directory,
-    write_json,
-)
+from validora.adapter.saving import check_target, staged_directory, write_json
+from validora.adapter.schema import LEXICAL_FILE, RELIABILITY_FILE, AdapterInfo
 from validora.core.calibration import expected_calibration_error, fit_temperature, top_label
 from validora.core.data import Example, labels_of, load_jsonl, stratified_split
 from validora.core.metrics import Metrics, classification_metrics

@@ -1,0 +1,188 @@
+"""The adapter directory's format: its file names, validora.json (`AdapterInfo`) and every check a load makes.
+
+An adapter directory holds the PEFT files (adapter_config.json, adapter_model.safetensors) and
+validora.json; saving.py writes one atomically, loading.py opens one. Reading never writes: what an
+interrupted save left beside a directory is only reported here, and recovered by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from validora.core import files
+from validora.core.calibration import positive_number
+from validora.core.prompting import PROMPT_FORMAT_VERSION
+from validora.errors import AdapterError
+
+FORMAT_VERSION = 1
+INFO_FILE = "validora.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+LEXICAL_FILE = "lexical.safetensors"
+CONFIG_FILE = "adapter_config.json"
+REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
+# Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
+RELIABILITY_FILE = "reliability_diagram.png"
+WRITTEN_FILES = {
+    *REQUIRED_FILES, "metrics.json", "training_curves.png", "confusion_matrix.png", RELIABILITY_FILE, "README.md",
+    LEXICAL_FILE,
+}  # fmt: skip
+ADAPTER_TYPES = ("alora", "lora")
+
+
+@dataclass
+class AdapterInfo:
+    """Contents of validora.json: everything inference needs besides the PEFT files."""
+
+    adapter_type: str  # "alora" | "lora"
+    base_model: str
+    labels: list[str]
+    prompt: dict[str, Any]  # PromptFormat.describe()
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Trained on examples with a "requirement" field: the requirement text is part of its prompt.
+    # Otherwise it is a classifier of the text alone and a requirement only chooses passing labels.
+    requirements: bool = False
+    # Label probabilities are softmax(loglik / temperature), fitted on the held-out split at the end
+    # of training (calibration.py); files written before calibration existed load with 1.0.
+    temperature: float = 1.0
+    # The lexical model mixed into the label probabilities (readout.Readout.describe); None: the adapter alone.
+    lexical: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+    validora_version: str = ""
+
+    @property
+    def is_alora(self) -> bool:
+        return self.adapter_type == "alora"
+
+    @property
+    def invocation_prompt(self) -> str:
+        return self.prompt["invocation_prompt"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def read(cls, directory: str | Path) -> AdapterInfo:
+        """Read and check validora.json; a malformed one (a hub repository may hold any) is an AdapterError."""
+        directory = Path(directory)
+        path = directory / INFO_FILE
+        if not directory.exists() and (note := pending_recovery(directory)):
+            warnings.warn(note, stacklevel=2)  # a save killed between its two renames
+        if not directory.is_dir():
+            raise AdapterError(f"Adapter directory not found: {directory}")
+        if not path.is_file():
+            raise AdapterError(f"{directory} is not a validora adapter: it has no {INFO_FILE}.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise AdapterError(f"{path} is unreadable: {why}.") from None
+        _check_info(data, path, directory)
+        info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        info.temperature = float(info.temperature)
+        for name in (n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()):
+            raise AdapterError(
+                f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
+            )
+        return info
+
+
+def _int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _ids(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(map(_int, v))
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def valid_description(v: Any) -> bool:
+    """Whether validora.json's "lexical" is null or what `Readout.describe` writes (the parts it reads)."""
+    if v is None:
+        return True
+    weight = v.get("weight") if isinstance(v, dict) else None
+    temperature = v.get("mixture_temperature") if isinstance(v, dict) else None
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature))
+    return numbers and 0 <= weight < 1 and 0 < temperature < float("inf")
+
+
+def _check_info(data: Any, path: Path, directory: Path) -> None:
+    """Types and consistency of every field inference reads; the message names the file and the field."""
+
+    def bad(name: str, expected: str) -> AdapterError:
+        head, _, key = name.partition(".")
+        if head not in data or (key and key not in data[head]):
+            return AdapterError(f"{path}: field {name!r} is missing; it must be {expected}.")
+        shown = json.dumps(data[head][key] if key else data[head], ensure_ascii=False)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return AdapterError(f"{path}: field {name!r} must be {expected}, not {shown}.")
+
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not _int(version, 1):
+        raise bad("format_version", "a positive integer")
+    prompt = data.get("prompt")
+    if not isinstance(prompt, dict):
+        raise bad("prompt", "an object (the prompt format)")
+    prompt_version = prompt.get("prompt_format_version", 1)
+    if not _int(prompt_version, 1):
+        raise bad("prompt.prompt_format_version", "a positive integer")
+    if version > FORMAT_VERSION or prompt_version > PROMPT_FORMAT_VERSION:
+        raise AdapterError(f"{directory} was written by a newer validora; upgrade validora to load it.")
+    labels = data.get("labels")
+    if not (isinstance(labels, list) and all(map(_text, labels)) and len(set(labels)) == len(labels) > 1):
+        raise bad("labels", "a list of at least two distinct non-empty strings")
+    label_ids = prompt.get("label_ids")
+    checks = [
+        ("adapter_type", data.get("adapter_type") in ADAPTER_TYPES, " or ".join(map(repr, ADAPTER_TYPES))),
+        ("base_model", _text(data.get("base_model")), "a non-empty string"),
+        ("prompt.invocation_prompt", _text(prompt.get("invocation_prompt")), "a non-empty string"),
+        ("prompt.invocation_ids", _ids(prompt.get("invocation_ids")), "a non-empty list of token ids"),
+        ("prompt.label_ids", isinstance(label_ids, dict) and set(label_ids) == set(labels)
+         and all(map(_ids, label_ids.values())), "an object giving each label, and only those, token ids"),
+        ("prompt.labels", prompt.get("labels", labels) == labels, "the same list as 'labels'"),
+        ("prompt.max_length", _int(prompt.get("max_length", 1024), 1), "a positive integer"),
+        ("prompt.eos_id", prompt.get("eos_id") is None or _int(prompt.get("eos_id")), "a token id"),
+        ("training", isinstance(data.get("training", {}), dict), "an object"),
+        ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),
+        ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
+        ("temperature", positive_number(data.get("temperature", 1.0)), "a finite number above 0"),
+        ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
+        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and "mixture_temperature" > 0'),
+    ]  # fmt: skip
+    for name, ok, expected in checks:
+        if not ok:
+            raise bad(name, expected)
+
+
+def pending_recovery(target: Path) -> str | None:
+    """What an interrupted save left beside a missing `target`, said without touching it (reads never
+    write): the next save to `target` recovers it (saving.recover); None if nothing was left."""
+    found = []
+    for path in files.leftovers(target):
+        lock = files.try_lock(path)
+        files.release(lock)
+        if lock is not None:  # a live writer's siblings are its own
+            found.append(path)
+    olds = [p for p in found if p.name.startswith(f".{target.name}.old-")]
+    if olds:
+        back = max(olds, key=lambda p: ((p / WEIGHTS_FILE).is_file(), p.stat().st_ctime_ns))
+        return (
+            f"An earlier save of {target} was interrupted: the earlier adapter is in {back.name} beside it. "
+            f"The next save to {target} (training or importing into it) puts it back; or rename it yourself: "
+            f"mv {back} {target}"
+        )
+    if found:
+        return (
+            f"An earlier save of {target} was interrupted and left {', '.join(p.name for p in found)} "
+            f"beside it; the next save to {target} (training or importing into it) removes them."
+        )
+    return None
