@@ -37,7 +37,7 @@ demo: $(STAMP)
 # (CPU, niced, on every core unless VALIDORA_BUILD_JOBS says otherwise; minutes on two cores). When
 # one is there this takes a second or two, so `make test` runs its server tests against a real one.
 llama-server: $(STAMP)
-	$(BIN)/python -m validora.llamacpp.build build
+	$(BIN)/m llama-server build
 
 test: $(STAMP) llama-server
 	$(BIN)/python -m pytest

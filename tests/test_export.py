@@ -24,8 +24,9 @@ from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.models import local_files, resolve_base_model
 from validora.errors import AdapterError, ConfigError
-from validora.llamacpp import build
-from validora.llamacpp.gguf import export_gguf, served_name
+from validora.llamacpp import build, server
+from validora.llamacpp.gguf import export_gguf
+from validora.llamacpp.server import served_name
 
 GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}  # fmt: skip
@@ -174,8 +175,9 @@ def test_refuses_a_base_gguf_of_other_shapes(trained_adapter, tmp_path):
 def test_never_overwrites_without_flag_and_replaces_atomically(trained_adapter, tmp_path, monkeypatch):
     out = tmp_path / "engine.gguf"
     out.write_bytes(b"earlier")
-    with pytest.raises(AdapterError, match="--overwrite"):
+    with pytest.raises(AdapterError, match=r"^overwrite is needed") as refused:
         export_gguf(trained_adapter, out)
+    assert refused.value.option == "overwrite"  # the CLI shows --overwrite
     assert out.read_bytes() == b"earlier"
 
     def disk_full(self, *args, **kwargs):
@@ -225,8 +227,8 @@ def test_cli_exports_and_says_how_to_serve(trained_adapter, tmp_path):
 def test_probe_adapter_carries_invocation_tokens(tmp_path):
     from validora.core.models import embedded_gguf_path
 
-    meta = fields(build.write_probe_adapter(embedded_gguf_path(), tmp_path / "probe.gguf"))
-    assert meta["adapter.alora.invocation_tokens"][0] == build.PROBE_TOKENS
+    meta = fields(server.write_probe_adapter(embedded_gguf_path(), tmp_path / "probe.gguf"))
+    assert meta["adapter.alora.invocation_tokens"][0] == server.PROBE_TOKENS
     assert meta["general.type"][0] == "adapter" and meta["general.architecture"][0] == "llama"
 
 
@@ -269,7 +271,7 @@ def test_a_finished_build_is_reused_and_a_wrong_sdist_refused(tmp_path, monkeypa
 
 
 def test_built_server_serves_alora_adapters(llama_server):
-    assert build.supports_alora(llama_server)
+    assert server.supports_alora(llama_server)
     assert "-DGGML_AMX_INT8=ON" not in build.cmake_flags()
 
 

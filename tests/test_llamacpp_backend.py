@@ -24,8 +24,8 @@ from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Sessio
 from validora.backends.llamacpp import LlamaCppBackend
 from validora.core.models import embedded_gguf_path
 from validora.errors import AdapterError, LlamaCppError
-from validora.llamacpp.build import free_port, start_server
 from validora.llamacpp.gguf import export_gguf
+from validora.llamacpp.server import free_port, start_server
 from validora.llamacpp.serving import serve
 from validora.programs.sampling import RejectionSamplingStrategy
 
@@ -393,7 +393,7 @@ def test_a_restarted_server_and_a_converter_export_are_refused(trained_adapter, 
             backend.check(NOTE, [("engine", None)])
         with pytest.raises(AdapterError, match="unshifted") as err:
             LlamaCppBackend(second.url).add_adapter(engine)
-        assert "theirs.gguf" in str(err.value) and "without --same-as-converter" in str(err.value)
+        assert "theirs.gguf" in str(err.value) and "without same_as_converter" in str(err.value)
 
 
 def test_a_server_running_another_base_model_is_refused(llama_server, tmp_path):

@@ -108,8 +108,8 @@ def test_a_classifier_adapter_judges_the_text_alone(backend):
         output, [("engine", SEED_REQ), ("engine", "Anything."), ("engine", None)]
     )
     backend._model.set_adapter("engine")
-    readout = backend._readouts["engine"]  # its temperature and lexical model
-    (alone,) = score_items(backend._model, backend._formats["engine"], [output], readout=readout)
+    readout = backend.adapters["engine"].readout  # its temperature and lexical model
+    (alone,) = score_items(backend._model, backend.adapters["engine"].fmt, [output], readout=readout)
     for got in (first, second, plain):
         assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
 
@@ -131,10 +131,10 @@ def test_shared_prefix_checks_equal_separate_checks(backend, requirement_adapter
             prompt_requirement = requirement if adapter == "second" else None
             (alone,) = score_items(
                 backend._model,
-                backend._formats[adapter],
+                backend.adapters[adapter].fmt,
                 [output],
                 prompt_requirement,
-                readout=backend._readouts[adapter],
+                readout=backend.adapters[adapter].readout,
             )
             assert got.scores.probs == pytest.approx(alone.probs, abs=1e-4)
         with backend._model.disable_adapter():
@@ -157,12 +157,12 @@ def test_checks_of_one_adapter_share_one_forward_and_match_separate_checks(backe
     for output in ("Rod knock at 3100 RPM.", "Oil burning, blue smoke, low compression. " * 200):
         shared = backend.check(output, [("second", r) for r in requirements])
         backend._model.set_adapter("second")
-        fmt = backend._formats["second"]
+        fmt = backend.adapters["second"].fmt
         room = min(fmt.room(r) for r in requirements)
         for requirement, got in zip(requirements, shared, strict=True):
             prefix = [fmt.encode(output, requirement, room=room).prefix]
             text = lexical_text(output, requirement)  # the lexical model reads the whole output
-            alone = backend._readouts["second"].probabilities(
+            alone = backend.adapters["second"].readout.probabilities(
                 full_loglik(backend._model, fmt, prefix), [text]
             )[0]
             assert [got.scores.probs[label] for label in fmt.labels] == pytest.approx(
@@ -193,7 +193,7 @@ def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
         (got,) = backend.check(output, [("lora", SEED_REQ)])
         # A classifier adapter (trained without requirement texts) sees the output alone.
         expected = score_items(
-            peft, backend._formats["lora"], [output], None, readout=backend._readouts["lora"]
+            peft, backend.adapters["lora"].fmt, [output], None, readout=backend.adapters["lora"].readout
         )[0]
         assert got.scores.probs == pytest.approx(expected.probs, abs=1e-4)
     finally:

@@ -20,43 +20,41 @@ the server's defaults.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from validora.adapter.loading import CustomIntrinsicAdapter, prompt_format
-from validora.backends.base import CheckSpec, Generation
-from validora.backends.huggingface import DEFAULT_OPTIONS, check_options
-from validora.core.models import load_tokenizer, resolve_base_model
-from validora.core.names import same_base_model
-from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat, PromptFormat
+from validora.backends.base import (
+    DEFAULT_OPTIONS,
+    AdapterRegistry,
+    CheckSpec,
+    Generation,
+    LoadedAdapter,
+    check_options,
+)
+from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat
 from validora.errors import AdapterError, LlamaCppError
-from validora.llamacpp.build import PARALLEL_ALORA_BUG
-from validora.llamacpp.gguf import served_name
+from validora.llamacpp.client import request_json
+from validora.llamacpp.server import PARALLEL_ALORA_BUG, served_invocation, served_name
 from validora.score.lexical import lexical_text
 from validora.score.readout import Readout
+
+if TYPE_CHECKING:
+    from validora.adapter.loading import CustomIntrinsicAdapter
 
 DEFAULT_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
-class _Served:
-    """An added adapter as the server lists it."""
+class _ServerId:
+    """Where the server lists an added adapter (a `LoadedAdapter`'s handle here)."""
 
     id: int
     task_name: str
-    fmt: PromptFormat
-    readout: Readout  # its temperature and lexical model (lexical.py), applied as in-process
-    requirements: bool  # trained with requirement texts (else its prompt holds the output alone)
-    alora: bool  # the server recomputes its invocation for every request (else the prompt's last token)
 
 
 class LlamaCppBackend:
@@ -64,7 +62,7 @@ class LlamaCppBackend:
 
     `model_id` names the base model the server runs (default: the embedded one); its tokenizer is loaded
     here, so that prompts are built by the same code as in training. Safe to use from several threads
-    (each request is its own HTTP call; a server started with `--parallel N` runs N at once).
+    (each request is its own HTTP call; a server started with N parallel slots runs N at once).
     """
 
     def __init__(
@@ -77,6 +75,8 @@ class LlamaCppBackend:
         trust_remote_code: bool = False,
         unsafe_parallel_alora: bool = False,
     ):
+        from validora.core.models import load_tokenizer, resolve_base_model  # torch: only when one is made
+
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
         spec = resolve_base_model(model_id)
@@ -102,50 +102,13 @@ class LlamaCppBackend:
         self._end_ids = (
             {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
         )
-        self._adapters: dict[str, _Served] = {}
         self._lock = threading.RLock()  # the adapter table and the (not thread-safe) tokenizer
+        self._registry = AdapterRegistry(self.model_id, self._lock)
 
     # ----- HTTP ----------------------------------------------------------------------------------------
     def _request(self, path: str, body: dict | None) -> Any:
         """One JSON request; every way it can fail is a LlamaCppError that says which and where."""
-        url = self.base_url + path
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                raw = answer.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                detail = json.loads(detail)["error"]["message"]
-            raise LlamaCppError(
-                f"llama-server at {self.base_url} answered {path} with HTTP {exc.code}: {detail}"
-            ) from None
-        except TimeoutError:
-            raise LlamaCppError(
-                f"llama-server at {self.base_url} did not answer {path} within {self.timeout:g} s "
-                "(pass a larger timeout=, or start it with more --parallel slots)."
-            ) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                raise LlamaCppError(
-                    f"llama-server at {self.base_url} did not answer {path} within {self.timeout:g} s."
-                ) from None
-            if isinstance(reason, ConnectionRefusedError):
-                raise LlamaCppError(
-                    f"No llama-server answers at {self.base_url} (connection refused); start one with "
-                    "`m alora serve ADAPTER...`."
-                ) from None
-            raise LlamaCppError(f"Cannot reach llama-server at {self.base_url}: {reason}.") from None
-        except (ConnectionError, OSError) as exc:  # reset, closed without an answer (a crashed server)
-            raise LlamaCppError(f"llama-server at {self.base_url} dropped {path}: {exc}.") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise LlamaCppError(
-                f"llama-server at {self.base_url} answered {path} with something not JSON."
-            ) from None
+        return request_json(self.base_url, path, body, timeout=self.timeout)
 
     def _listing(self) -> list[dict[str, Any]]:
         listed = self._request("/lora-adapters", None)
@@ -157,11 +120,7 @@ class LlamaCppBackend:
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
         """Find `adapter` among those the server serves (by the digest its export carries) and check that
         the server starts it where training did."""
-        if not same_base_model(adapter.info.base_model, self.model_id):
-            raise AdapterError(
-                f"Adapter {adapter.name!r} was trained on {adapter.info.base_model!r} but this backend runs "
-                f"{self.model_id!r}."
-            )
+        self._registry.check_base_model(adapter)
         want = served_name(adapter.path)
         listed = self._listing()
         entry = next((e for e in listed if e.get("task_name") == want), None)
@@ -176,76 +135,57 @@ class LlamaCppBackend:
                     f"llama-server at {self.base_url} does not serve adapter {adapter.name!r} ({want}) as "
                     f"validora exports it; its adapter {unshifted[0].get('id')} "
                     f"({Path(str(unshifted[0].get('path', '?'))).name}) has this adapter's invocation "
-                    f"unshifted, {invocation}, as llama.cpp's converter (or `--same-as-converter`) writes "
-                    "it, so the server would start it one token before training did. Export it with "
-                    f"`m alora export {adapter.path}` (without --same-as-converter) and serve that file."
+                    f"unshifted, {invocation}, as llama.cpp's converter (or an export with same_as_converter) "
+                    "writes it, so the server would start it one token before training did. Export it with "
+                    f"`m alora export {adapter.path}` (without same_as_converter) and serve that file."
                 )
             raise AdapterError(
                 f"llama-server at {self.base_url} does not serve adapter {adapter.name!r} ({want}); it serves "
-                f"{serving}. Serve this adapter with `m alora serve {adapter.path}` (or pass the file "
-                "`m alora export` writes to llama-server with --lora)."
+                f"{serving}. Serve this adapter with `m alora serve {adapter.path}` (or load the file "
+                "`m alora export` writes into llama-server as a LoRA adapter)."
             )
         info = adapter.info
         if info.is_alora and self._slots > 1 and not self._unsafe_parallel:
             raise LlamaCppError(
                 f"llama-server at {self.base_url} runs {self._slots} parallel slots, which gives aLoRA "
-                f"checks wrong labels: {PARALLEL_ALORA_BUG}. Start it with --parallel 1 (`m alora serve` "
-                "does); concurrent checks then queue."
+                f"checks wrong labels: {PARALLEL_ALORA_BUG}. Start it with one slot (parallel 1, as "
+                "`m alora serve` does); concurrent checks then queue."
             )
-        if info.is_alora:
-            shifted = list(info.prompt["invocation_ids"])[1:]
-            if entry.get("alora_invocation_tokens") != shifted:
-                raise AdapterError(
-                    f"llama-server at {self.base_url} serves {adapter.name!r} with invocation tokens "
-                    f"{entry.get('alora_invocation_tokens')}, not {shifted}: export it with `m alora export` "
-                    "(without --same-as-converter), so that the server starts it where it was trained."
-                )
-        with self._lock:
-            if adapter.name in self._adapters:
-                raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
-            fmt = prompt_format(info, self.tokenizer)
-            self._adapters[adapter.name] = _Served(
-                int(entry["id"]),
-                want,
-                fmt,
-                Readout.of_adapter(info, adapter.path),
-                info.requirements,
-                info.is_alora,
+        shifted = served_invocation(info)
+        if shifted is not None and entry.get("alora_invocation_tokens") != shifted:
+            raise AdapterError(
+                f"llama-server at {self.base_url} serves {adapter.name!r} with invocation tokens "
+                f"{entry.get('alora_invocation_tokens')}, not {shifted}: export it with `m alora export` "
+                "(without same_as_converter), so that the server starts it where it was trained."
             )
+        return self._registry.add(adapter, self.tokenizer, handle=_ServerId(int(entry["id"]), want))
 
     def remove_adapter(self, name: str) -> None:
-        with self._lock:
-            if name not in self._adapters:
-                raise self._missing(name)
-            del self._adapters[name]
+        self._registry.remove(name)
 
-    def _missing(self, name: str) -> AdapterError:
-        return AdapterError(
-            f"No adapter named {name!r} (it was removed, or never added); added: {sorted(self._adapters)}."
-        )
+    @property
+    def adapters(self) -> dict[str, LoadedAdapter]:
+        return self._registry.snapshot()
 
     def adapter_labels(self) -> dict[str, list[str]]:
-        with self._lock:
-            return {name: list(a.fmt.labels) for name, a in self._adapters.items()}
+        return self._registry.adapter_labels()
 
     def labels(self, adapter: str) -> list[str]:
-        with self._lock:
-            if adapter not in self._adapters:
-                raise self._missing(adapter)
-            return list(self._adapters[adapter].fmt.labels)
+        return self._registry.labels(adapter)
 
     def _scales(self, listed: list[dict[str, Any]], active: int | None) -> list[dict[str, Any]]:
         """Every adapter the server has, at scale 0 but `active` (an empty list would mean its defaults)."""
         return [{"id": int(e["id"]), "scale": 1.0 if e.get("id") == active else 0.0} for e in listed]
 
-    def _verify(self, listed: list[dict[str, Any]], served: Sequence[_Served]) -> None:
+    def _verify(self, listed: list[dict[str, Any]], served: Sequence[LoadedAdapter]) -> None:
         """The ids still name the adapters they named when added (a restarted server may list others)."""
         by_id = {e.get("id"): e.get("task_name") for e in listed}
         for s in served:
-            if by_id.get(s.id) != s.task_name:
+            where: _ServerId = s.handle
+            if by_id.get(where.id) != where.task_name:
                 raise LlamaCppError(
-                    f"llama-server at {self.base_url} no longer serves {s.task_name} as adapter {s.id} "
-                    "(was it restarted with other adapters?); add the adapters to a new backend."
+                    f"llama-server at {self.base_url} no longer serves {where.task_name} as adapter "
+                    f"{where.id} (was it restarted with other adapters?); add the adapters to a new backend."
                 )
 
     # ----- generation ----------------------------------------------------------------------------------
@@ -281,15 +221,10 @@ class LlamaCppBackend:
         from validora.score.checks import CheckResult
 
         with self._lock:
-            plans: list[tuple[CheckSpec, Format, _Served | None, list[int], str | None]] = []
-            for adapter, requirement in checks:
-                if adapter is not None and adapter not in self._adapters:
-                    raise self._missing(adapter)
-                served = self._adapters[adapter] if adapter is not None else None
-                if served is not None and not served.requirements:
-                    requirement = None  # a classifier: its prompt holds the output alone, as in training
+            plans: list[tuple[CheckSpec, Format, LoadedAdapter | None, list[int], str | None]] = []
+            for key, served in self._registry.resolve(checks):
                 fmt: Format = served.fmt if served is not None else self._judge
-                plans.append(((adapter, requirement), fmt, served, [], requirement))
+                plans.append((key, fmt, served, [], key[1]))
             # As in-process: checks of one prompt kind cut a long output at the same place (shared prefix).
             rooms: dict[type, int] = {}
             for _, fmt, _, _, requirement in plans:
@@ -306,8 +241,8 @@ class LlamaCppBackend:
         for key, fmt, served, prompt, _ in plans:
             if key not in done:
                 started = time.perf_counter()
-                scales = self._scales(listed, served.id if served is not None else None)
-                settle = served is None or not served.alora
+                scales = self._scales(listed, served.handle.id if served is not None else None)
+                settle = served is None or not served.is_alora
                 loglik = [
                     self._label_loglik(prompt, fmt.label_ids[label], scales, settle=settle and i == 0)
                     for i, label in enumerate(fmt.labels)

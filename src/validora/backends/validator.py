@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.loading import attach, prompt_format, resolve_adapter_dir
+from validora.adapter.loading import attach, resolve_adapter_dir
 from validora.adapter.schema import AdapterInfo
+from validora.backends.base import LoadedAdapter
 from validora.core.metrics import Metrics, classification_metrics
 from validora.core.models import LoadedModel, load_base_model
 from validora.core.prompting import PromptFormat
@@ -21,10 +22,24 @@ from validora.score.scoring import score_items
 @dataclass
 class Validator:
     model: Any  # PeftModel with the adapter active
-    fmt: PromptFormat
-    info: AdapterInfo
-    path: Path
-    readout: Readout = field(default_factory=Readout)  # temperature and lexical model (lexical.py)
+    adapter: LoadedAdapter
+
+    @property
+    def fmt(self) -> PromptFormat:
+        return self.adapter.fmt
+
+    @property
+    def info(self) -> AdapterInfo:
+        return self.adapter.info
+
+    @property
+    def path(self) -> Path:
+        return self.adapter.path
+
+    @property
+    def readout(self) -> Readout:
+        """Its temperature and lexical model (lexical.py)."""
+        return self.adapter.readout
 
     def predict(
         self,
@@ -44,15 +59,11 @@ class Validator:
         if requirements is not None and len(requirements) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(requirements)} requirements; give one per text.")
         reqs = [r if r is not None else requirement for r in requirements or [None] * len(texts)]
-        if not self.info.requirements and any(r is not None for r in reqs):
+        if self.adapter.ignores(reqs):
             # A classifier's training prompts held the text alone: scored as programs and llama-server
             # score it, not with a requirement line it never saw.
-            warnings.warn(
-                f"{self.path.name} was trained without requirement texts: each text is scored alone and "
-                "its requirement ignored (as in programs).",
-                stacklevel=2,
-            )
-            reqs = [None] * len(texts)
+            warnings.warn(self.adapter.ignoring_note(self.path.name), stacklevel=2)
+        reqs = [self.adapter.requirement_for(r) for r in reqs]
         by_position: dict[int, LabelScores] = {}
         for req in dict.fromkeys(reqs):  # one scoring pass per distinct requirement
             idx = [i for i, r in enumerate(reqs) if r == req]
@@ -110,7 +121,7 @@ def load_validator(
     path, _ = resolve_adapter_dir(path, revision=revision)
     info = AdapterInfo.read(path)
     loaded = loaded or load_base_model(basemodel or info.base_model, device=device)
-    fmt = prompt_format(info, loaded.tokenizer)
-    model = attach(loaded.model, path, "validator")
+    adapter = LoadedAdapter.load("validator", info, path, loaded.tokenizer)  # attached under this name
+    model = attach(loaded.model, path, adapter.name)
     model.eval()
-    return Validator(model=model, fmt=fmt, info=info, path=path, readout=Readout.of_adapter(info, path))
+    return Validator(model=model, adapter=adapter)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from validora.cli import evaluate, export, importing, predict, serve, train, upload
+from validora.cli import evaluate, export, importing, llama, predict, serve, train, upload
 
 app = typer.Typer(
     help="validora: train and use small validator adapters.",
@@ -23,6 +23,7 @@ alora.command("download")(upload.download)
 alora.command("import")(importing.import_adapter)
 alora.command("export")(export.export)
 alora.command("serve")(serve.serve)
+app.command("llama-server", hidden=True)(llama.llama_server)
 
 
 def _quiet_libraries() -> None:

@@ -5,9 +5,8 @@ The official llama.cpp tree ships inside the `llama-cpp-python` source distribut
 (`vendor/llama.cpp`); PyPI has no prebuilt server and the Python bindings do not expose aLoRA, so the
 C++ server is built with CMake + Ninja (Release, CPU, no OpenSSL, no web UI download): only the
 `llama-server` target, into `<cache>/llama.cpp/<commit>/`, with `build.json` recording the commit.
-
-    python -m validora.llamacpp.build build      # what `make llama-server` runs
-    python -m validora.llamacpp.build find       # print the server validora would use, or exit 1
+`make llama-server` runs it through the hidden command `m llama-server build` (cli/llama.py); progress
+goes to the `say` callback of the caller (nothing by default).
 """
 
 from __future__ import annotations
@@ -16,19 +15,17 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from validora.core.models import cache_dir
 from validora.errors import ConfigError, LlamaCppError, ValidoraError
+from validora.llamacpp.server import supports_alora
 
 LLAMA_CPP_PYTHON = "0.3.36"  # its sdist vendors llama.cpp at this commit (its CHANGELOG says so)
 LLAMA_CPP_COMMIT = "0c1e57098"
@@ -40,17 +37,6 @@ CMAKE_FLAGS = (
     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_CUDA=OFF", "-DGGML_METAL=OFF",
 )  # fmt: skip
-
-
-# Measured with benchmarks/serve_throughput.py on fresh outputs: with -np 4 and 4 concurrent clients
-# 75-85% of labels agreed with in-process scoring, with one slot 100%. Reading the server code: when it
-# batches several slots' requests into one decode, the part of a prompt before an aLoRA invocation (which
-# must run without the adapter) runs under the first batched slot's adapter scales.
-PARALLEL_ALORA_BUG = (
-    "llama-server (llama.cpp@0c1e57098) computes the text before an aLoRA invocation with the wrong "
-    "adapter scales when it batches several slots' requests together: with 4 slots and 4 concurrent "
-    "clients only 75-85% of labels agreed with validora's own scores (100% with one slot)"
-)
 
 
 def home() -> Path:
@@ -105,8 +91,8 @@ def build_info() -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def _quiet(line: str) -> None:
+    """The default progress callback: the library says nothing; the CLI passes one that shows lines."""
 
 
 def _sdist(workdir: Path, say: Callable[[str], None]) -> Path:
@@ -129,7 +115,7 @@ def _sdist(workdir: Path, say: Callable[[str], None]) -> Path:
     return found[0]
 
 
-def fetch_sources(say: Callable[[str], None] = _say) -> Path:
+def fetch_sources(say: Callable[[str], None] = _quiet) -> Path:
     """The official llama.cpp tree, extracted once from the sdist into the cache (checked: its commit)."""
     tree = source_tree()
     if (tree / "CMakeLists.txt").is_file():
@@ -171,7 +157,7 @@ def _build_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def build(*, jobs: int = 1, niceness: int = 19, say: Callable[[str], None] = _say) -> Path:
+def build(*, jobs: int = 1, niceness: int = 19, say: Callable[[str], None] = _quiet) -> Path:
     """Build `llama-server` once (CPU, Release); return the binary. An earlier finished build is reused."""
     if found := cached_server():
         return found
@@ -231,147 +217,6 @@ def _run_streamed(cmd: list[str], say: Callable[[str], None]) -> None:
         raise LlamaCppError(f"{' '.join(cmd)} failed ({proc.returncode}):\n" + "\n".join(tail))
 
 
-@dataclass
-class Server:
-    """A running llama-server; `stop()` (or leaving the `with` block) ends it."""
-
-    process: subprocess.Popen
-    url: str
-    log: Path
-    args: list[str] = field(default_factory=list)
-
-    def get(self, path: str, timeout: float = 10.0) -> object:
-        return _http_json(self.url + path, None, timeout)
-
-    def post(self, path: str, body: dict, timeout: float = 120.0) -> object:
-        return _http_json(self.url + path, body, timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _http_json(url: str, body: dict | None, timeout: float) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        return json.loads(answer.read())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    binary: str | Path,
-    model: str | Path,
-    loras: list[str | Path] | tuple[()] = (),
-    *,
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    parallel: int = 1,
-    ctx_size: int = 4096,
-    threads: int | None = None,
-    extra: list[str] | tuple[()] = (),
-    wait: float = 120.0,
-) -> Server:
-    """Start llama-server on `model` with `loras` loaded at scale 0 (a request enables one by id) and
-    wait until it answers /health. Its output goes to a log file, shown in the error if it dies."""
-    port = port or free_port()
-    log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-    args = [str(binary), "-m", str(model), "--host", host, "--port", str(port),
-            "-np", str(parallel), "-c", str(ctx_size), "--no-webui"]  # fmt: skip
-    for lora in loras:
-        args += ["--lora", str(lora)]
-    if loras:
-        args.append("--lora-init-without-apply")
-    if threads:
-        args += ["-t", str(threads)]
-    args += list(extra)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    reach = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    server = Server(process, f"http://{reach}:{port}", log, args)
-    try:  # an interruption while waiting (Ctrl-C, SIGTERM as KeyboardInterrupt) must not orphan it
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise LlamaCppError(f"llama-server exited ({process.returncode}):\n{_tail(log)}")
-            with contextlib.suppress(OSError, ValueError):
-                if server.get("/health", timeout=2.0):
-                    return server
-            time.sleep(0.25)
-        raise LlamaCppError(f"llama-server did not answer within {wait:.0f} s:\n{_tail(log)}")
-    except BaseException:
-        server.stop()
-        raise
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-PROBE_TOKENS = [1, 2, 3]
-
-
-def write_probe_adapter(base_gguf: str | Path, out: str | Path) -> Path:
-    """A do-nothing aLoRA adapter (one rank-1 zero pair on block 0's q) for `base_gguf`, with invocation
-    tokens PROBE_TOKENS: a server that lists them on /lora-adapters serves aLoRA."""
-    import numpy as np
-    from gguf import GGUFReader, GGUFType, GGUFValueType, GGUFWriter, Keys
-
-    reader = GGUFReader(base_gguf)
-    q = next((t for t in reader.tensors if t.name == "blk.0.attn_q.weight"), None)
-    if q is None:
-        raise LlamaCppError(f"{base_gguf} has no blk.0.attn_q.weight; it is not a base model to probe with.")
-    n_in, n_out = int(q.shape[0]), int(q.shape[1])
-    writer = GGUFWriter(out, reader.fields["general.architecture"].contents())
-    writer.add_type(GGUFType.ADAPTER)
-    writer.add_string(Keys.Adapter.TYPE, "lora")
-    writer.add_float32(Keys.Adapter.LORA_ALPHA, 1.0)
-    writer.add_key_value(
-        Keys.Adapter.ALORA_INVOCATION_TOKENS, PROBE_TOKENS, GGUFValueType.ARRAY, GGUFValueType.UINT32
-    )
-    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((1, n_in), dtype=np.float32))
-    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((n_out, 1), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(out)
-
-
-def supports_alora(binary: str | Path, base_gguf: str | Path | None = None) -> bool:
-    """Start `binary` with a probe aLoRA adapter on a small base GGUF (the embedded model) and read
-    /lora-adapters: only a server that knows aLoRA reports the adapter's invocation tokens."""
-    from validora.core.models import embedded_gguf_path
-
-    base = Path(base_gguf) if base_gguf else embedded_gguf_path()
-    with tempfile.TemporaryDirectory(prefix="validora-probe-") as tmp:
-        probe = write_probe_adapter(base, Path(tmp) / "probe.gguf")
-        try:
-            with start_server(binary, base, [probe], ctx_size=256, threads=1, wait=60) as server:
-                listed = server.get("/lora-adapters")
-        except (LlamaCppError, OSError, ValueError):
-            return False
-    return isinstance(listed, list) and any(
-        isinstance(e, dict) and e.get("alora_invocation_tokens") == PROBE_TOKENS for e in listed
-    )
-
-
 def find_server(*, check: bool = True) -> Path | None:
     """The llama-server to use: $VALIDORA_LLAMA_SERVER (must serve aLoRA), else one on PATH that serves
     aLoRA, else the cached build; None when there is none (then `build()`)."""
@@ -392,29 +237,14 @@ def find_server(*, check: bool = True) -> Path | None:
     return cached_server()
 
 
-def ensure_server(*, jobs: int = 1, say: Callable[[str], None] = _say) -> Path:
+def build_jobs() -> int:
+    """Cores for a first build of llama-server: $VALIDORA_BUILD_JOBS (as `make llama-server`), else 1."""
+    text = os.environ.get("VALIDORA_BUILD_JOBS", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"VALIDORA_BUILD_JOBS={text} is not a positive number of build jobs.")
+    return int(text)
+
+
+def ensure_server(*, jobs: int = 1, say: Callable[[str], None] = _quiet) -> Path:
     """A llama-server that serves aLoRA: found, or built once (tens of minutes on two cores)."""
     return find_server() or build(jobs=jobs, say=say)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m validora.llamacpp.build build|find`: for the Makefile; no CLI framework needed."""
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        jobs = int(os.environ.get("VALIDORA_BUILD_JOBS", "1"))
-        if args[:1] == ["build"]:
-            print(ensure_server(jobs=jobs))
-            return 0
-        if args[:1] == ["find"]:
-            found = find_server()
-            print(found or "")
-            return 0 if found else 1
-    except ValidoraError as exc:
-        _say(f"Error: {exc}")
-        return 1
-    _say("usage: python -m validora.llamacpp.build build|find")
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from validora.adapter.layouts import adapter_digest
 from validora.adapter.loading import resolve_adapter_dir
 from validora.adapter.saving import recover
 from validora.adapter.schema import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo
 from validora.core.files import private_tempdir
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import AdapterError, ConfigError, ModelError
+from validora.llamacpp.server import served_invocation, served_name
 
 # HF architecture → (llama.cpp architecture, q/k rows permuted like the converter's `undo_permute`).
 ARCHITECTURES = {
@@ -103,7 +103,7 @@ def _config(spec: BaseModelSpec) -> dict[str, Any]:
     if path is None or not path.is_file():
         raise ModelError(
             f"The config of base model {spec.name!r} is not available locally; download the model first "
-            "(`hf download` or a first `m alora predict`) or pass --basemodel with its directory."
+            "(`hf download` or a first `m alora predict`) or pass its directory as basemodel."
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -227,9 +227,8 @@ def export_gguf(
 
     `basemodel` overrides the base model recorded in validora.json (its architecture and head counts
     decide tensor names and the q/k permutation). By default the file is written for llama-server:
-    the invocation loses its first token, because llama-server (at llama.cpp@0c1e57098) turns an aLoRA
-    on one token *before* the tokens it matches and PEFT (training) at the first of them, so without it
-    the server starts where training did; and `adapter.lora.task_name` carries `served_name(directory)`,
+    the invocation is `served_invocation(info)` (without its first token, so the server starts the
+    adapter where training did); and `adapter.lora.task_name` carries `served_name(directory)`,
     by which `LlamaCppBackend` finds the very adapter among those a server lists. `same_as_converter`
     writes instead the bytes llama.cpp's own convert_lora_to_gguf.py writes (unshifted, no task name).
     """
@@ -246,7 +245,7 @@ def export_gguf(
                 "with same_as_converter (the server then starts the adapter one token early).",
                 option="same_as_converter",
             )
-        tokens = tokens[1:]
+        tokens = served_invocation(info)
     out = _check_outfile(Path(outfile), overwrite=overwrite)
     shape = base_shape(resolve_base_model(basemodel or info.base_model))
     tensors = _tensors(directory, shape)
@@ -276,14 +275,8 @@ def export_gguf(
     return out
 
 
-def served_name(directory: str | Path) -> str:
-    """What a server export carries as its task name (llama-server lists it): the adapter's content
-    digest, so a client finds the very adapter it holds, whatever the file was called."""
-    return f"validora:{adapter_digest(directory)[:16]}"
-
-
 def _check_outfile(out: Path, *, overwrite: bool) -> Path:
-    """Refuse before any work: an existing file without --overwrite, a directory, a non-.gguf name."""
+    """Refuse before any work: an existing file without `overwrite`, a directory, a non-.gguf name."""
     if out.suffix.lower() != ".gguf":
         raise ConfigError(f"outfile {out} must end in .gguf.", option="outfile")
     recover(out)  # what a killed export left beside it
@@ -292,7 +285,7 @@ def _check_outfile(out: Path, *, overwrite: bool) -> Path:
             f"outfile {out} is a directory; give a file name ending in .gguf.", option="outfile"
         )
     if os.path.lexists(out) and not overwrite:
-        raise AdapterError(f"{out} already exists; pass --overwrite to replace it.")
+        raise AdapterError(f"overwrite is needed to replace {out}: it already exists.", option="overwrite")
     return out
 
 

@@ -14,7 +14,6 @@ live in a private temporary directory, removed when the server stops.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import socket
 import tempfile
@@ -27,8 +26,9 @@ from validora.adapter.loading import resolve_adapter_dir
 from validora.adapter.schema import AdapterInfo
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import ConfigError, LlamaCppError, ModelError
-from validora.llamacpp.build import PARALLEL_ALORA_BUG, Server, ensure_server, start_server
+from validora.llamacpp.build import build_jobs, ensure_server
 from validora.llamacpp.gguf import conversion_hint, export_gguf
+from validora.llamacpp.server import PARALLEL_ALORA_BUG, Server, served_invocation, start_server, tail
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,8 @@ class Serving:
         while self.server.process.poll() is None:
             time.sleep(poll)
         if not self._stopped:
-            tail = self.server.log.read_text(errors="replace").splitlines()[-30:]
             raise LlamaCppError(
-                f"llama-server exited ({self.server.process.returncode}):\n" + "\n".join(tail)
+                f"llama-server exited ({self.server.process.returncode}):\n{tail(self.server.log)}"
             )
 
     def stop(self) -> None:
@@ -111,13 +110,13 @@ def plan(adapters: list[str | Path], *, basemodel: str | None = None) -> Plan:
         listing = "\n".join(f"  {d}: {s.name}" for d, s in zip(directories, specs, strict=True))
         raise ConfigError(
             "One llama-server runs one base model, and these adapters were trained on different ones:\n"
-            f"{listing}\nServe each base model's adapters with their own `m alora serve` (another --port)."
+            f"{listing}\nServe each base model's adapters with their own `m alora serve` (on another port)."
         )
     base = specs[0]
     if hint := conversion_hint(base):
         raise ModelError(
             f"The base model {base.name} is not a GGUF file, which llama-server needs; make one with "
-            f"llama.cpp first:\n  {hint}\nthen pass it: --basemodel base.gguf"
+            f"llama.cpp first:\n  {hint}\nthen pass base.gguf as basemodel."
         )
     return Plan(directories, infos, base)
 
@@ -131,17 +130,9 @@ def check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
-                    f"port {port} on {host} is already in use; choose another with --port.", option="port"
+                    f"port {port} on {host} is already in use; choose another.", option="port"
                 ) from None
             raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.", option="port") from None
-
-
-def build_jobs() -> int:
-    """Cores for a first build of llama-server: $VALIDORA_BUILD_JOBS (as `make llama-server`), else 1."""
-    text = os.environ.get("VALIDORA_BUILD_JOBS", "1")
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ConfigError(f"VALIDORA_BUILD_JOBS={text} is not a positive number of build jobs.")
-    return int(text)
 
 
 def serve(
@@ -199,8 +190,9 @@ def _export_all(chosen: Plan, workdir: Path, basemodel: str | None) -> list[Serv
     served = []
     for i, (directory, info) in enumerate(zip(chosen.directories, chosen.infos, strict=True)):
         gguf = export_gguf(directory, workdir / f"{i}-{directory.name}.gguf", basemodel=basemodel)
-        tokens = list(info.prompt["invocation_ids"])[1:] if info.is_alora else None
-        served.append(ServedAdapter(i, directory.name, directory, list(info.labels), tokens, gguf))
+        served.append(
+            ServedAdapter(i, directory.name, directory, list(info.labels), served_invocation(info), gguf)
+        )
     return served
 
 
@@ -210,8 +202,8 @@ def _all_at_scale_zero(serving: Serving) -> None:
     base model alone; a request names its adapter as `"lora": [{"id": N, "scale": 1}]`."""
     body = [{"id": a.id, "scale": 0.0} for a in serving.adapters]
     try:
-        serving.server.post("/lora-adapters", body, timeout=30.0)  # type: ignore[arg-type]
-    except (OSError, ValueError) as exc:
+        serving.server.post("/lora-adapters", body, timeout=30.0)
+    except LlamaCppError as exc:
         raise LlamaCppError(f"llama-server at {serving.url} refused the adapters' scales: {exc}") from None
 
 
@@ -219,7 +211,7 @@ def _check_listing(serving: Serving) -> None:
     """The server's /lora-adapters must list each export under its id, at scale 0, with its invocation."""
     try:
         listed = serving.server.get("/lora-adapters")
-    except (OSError, ValueError) as exc:
+    except LlamaCppError as exc:
         raise LlamaCppError(f"llama-server at {serving.url} did not list its adapters: {exc}") from None
     by_id = {e.get("id"): e for e in listed if isinstance(e, dict)} if isinstance(listed, list) else {}
     for a in serving.adapters:

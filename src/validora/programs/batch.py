@@ -390,8 +390,9 @@ class ServerScorer:
     Connecting and finding the adapter happen here, so a server that is not there, or that does not serve
     this adapter, fails before any output is written; a server lost later raises `LlamaCppError` from the
     call, after the batches before it are on disk. A text's requirement reaches the adapter's prompt only
-    when it was trained with requirements (as in programs, `LlamaCppBackend.check` and in-process
-    `Validator.predict`); for other adapters the first requirement seen brings a warning.
+    when it was trained with requirements (`LoadedAdapter.requirement_for`, the one rule of programs,
+    `LlamaCppBackend.check` and in-process `Validator.predict`); for other adapters the first requirement
+    seen brings a warning.
     """
 
     def __init__(
@@ -420,24 +421,19 @@ class ServerScorer:
             )
         base = basemodel or AdapterInfo.read(Path(adapter)).base_model
         self.backend = LlamaCppBackend(server, base, timeout=timeout or DEFAULT_TIMEOUT)
-        added = CustomIntrinsicAdapter(str(adapter))
-        self.backend.add_adapter(added)
-        self.name = added.name
+        self.adapter = self.backend.add_adapter(CustomIntrinsicAdapter(str(adapter)))
+        self.name = self.adapter.name
         self.concurrency = concurrency
-        self._ignores_requirements = not added.info.requirements
+        self._warned = False  # about requirements the adapter ignores: said once
         self._pool = ThreadPoolExecutor(concurrency, "validora-server") if concurrency > 1 else None
 
     def _one(self, text: str, requirement: str | None) -> LabelScores:
         return self.backend.check(text, [(self.name, requirement)])[0].scores
 
     def __call__(self, texts: Sequence[str], requirements: Sequence[str | None]) -> list[LabelScores]:
-        if self._ignores_requirements and any(r is not None for r in requirements):
-            self._ignores_requirements = False  # said once
-            warnings.warn(
-                f"adapter {self.name!r} was trained without requirement texts: each text is scored alone "
-                "and its requirement ignored (as in programs).",
-                stacklevel=2,
-            )
+        if not self._warned and self.adapter.ignores(requirements):
+            self._warned = True
+            warnings.warn(self.adapter.ignoring_note(f"adapter {self.name!r}"), stacklevel=2)
         if self._pool is None:
             return [self._one(t, r) for t, r in zip(texts, requirements, strict=True)]
         futures = [self._pool.submit(self._one, t, r) for t, r in zip(texts, requirements, strict=True)]

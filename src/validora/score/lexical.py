@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from validora.core.calibration import fit_temperature
 from validora.errors import AdapterError
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS: dict[str, dict[str, Any]] = {
     "word 1-2": {"analyzer": "word", "ngram_range": (1, 2)},
@@ -74,9 +76,13 @@ class LexicalModel:
 
     def logprobs(self, texts: Sequence[str]) -> torch.Tensor:
         """[N, K] log-probabilities of the labels for each text (from `lexical_text`)."""
+        import torch
+
         return torch.log_softmax(self._logits(texts) / self.temperature, dim=-1).float()
 
     def _logits(self, texts: Sequence[str]) -> torch.Tensor:
+        import torch
+
         x = self._features.transform(list(texts))
         return torch.from_numpy(np.asarray(x @ self.coef.T) + self.intercept).double()
 

@@ -8,13 +8,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from validora.adapter.schema import LEXICAL_FILE
 from validora.core.calibration import fit_temperature
 from validora.score.lexical import LexicalModel, fit_lexical
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Readout:
 
     def mixture(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """[N, K] unnormalised log-scores before the mixture's temperature (what calibration fits)."""
+        import torch
+
         adapter = torch.log_softmax(loglik.float() / self.temperature, dim=-1)
         if not self.mixes:
             return adapter
@@ -57,6 +60,8 @@ class Readout:
     def probabilities(self, loglik: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """[N, K] label probabilities of N items (`loglik` [N, K]; `texts` from `lexical_text`, unread
         without a lexical model: then it is softmax(loglik / temperature))."""
+        import torch
+
         if not self.mixes:
             return torch.softmax(loglik.float() / self.temperature, dim=-1)
         return torch.softmax(self.mixture(loglik, texts) / self.mixed_temperature, dim=-1)
