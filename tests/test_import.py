@@ -17,6 +17,7 @@ from validora.cli import app
 from validora.core.prompting import PromptFormat, derive_invocation_prompt
 
 from .conftest import LABELS, engine_rows, write_jsonl
+from .test_prompting import full_ids
 
 TEXTS = [
     "High vibration at 3100 RPM, connecting rod suspected.",
@@ -45,7 +46,7 @@ def direct_probs(peft, fmt: PromptFormat, text: str) -> dict[str, float]:
     the aLoRA invocation in the ids itself): no shared prefix, no packing, no validora scoring."""
     lls = []
     for label in fmt.labels:
-        ids = fmt.full_ids(text, label)
+        ids = full_ids(fmt, text, label)
         n = len(fmt.label_ids[label])
         with torch.no_grad():
             logits = peft(input_ids=torch.tensor([ids])).logits[0].float()

@@ -93,12 +93,18 @@ def test_promptfile_wins_and_bad_ones_are_explained(tmp_path, loaded):
         load_promptfile(tmp_path / "missing.json")
 
 
+def full_ids(fmt: PromptFormat, item: str, label: str, requirement: str | None = None) -> list[int]:
+    """The sequence an adapter is trained on and scored with, as the Format protocol builds it: the
+    prefix `encode` gives, the invocation, the label and its end-of-turn token."""
+    return [*fmt.encode(item, requirement).prefix, *fmt.invocation_ids, *fmt.label_ids[label]]
+
+
 def test_long_items_lose_their_beginning_never_the_label(loaded):
     fmt = PromptFormat(loaded.tokenizer, LABELS, max_length=64)
     item = " ".join(f"word{i}" for i in range(200)) + " FINAL-SENTENCE"
     enc = fmt.encode(item, "must be short")
     assert enc.truncated > 0
-    full = fmt.full_ids(item, "connecting_rod", "must be short")
+    full = full_ids(fmt, item, "connecting_rod", "must be short")
     assert len(full) <= 64
     text = loaded.tokenizer.decode(full)
     assert text.endswith(
@@ -107,7 +113,7 @@ def test_long_items_lose_their_beginning_never_the_label(loaded):
     assert "FINAL-SENTENCE" in text and "word0 " not in text
     # The prefix does not depend on which label follows: the budget uses the longest label.
     longest = max(fmt.label_ids, key=lambda k: len(fmt.label_ids[k]))
-    assert len(fmt.full_ids(item, longest, "must be short")) <= 64
+    assert len(full_ids(fmt, item, longest, "must be short")) <= 64
     with pytest.raises(DataError, match="no room"):
         PromptFormat(loaded.tokenizer, LABELS, max_length=16).encode("x", "a very long requirement " * 5)
 
@@ -121,10 +127,10 @@ def test_training_and_inference_build_identical_ids(trained_adapter, loaded):
     )
     item = "Knocks under load at 3100 RPM, metal in the oil."
     for label in info.labels:
-        assert at_inference.full_ids(item, label) == at_training.full_ids(item, label)
+        assert full_ids(at_inference, item, label) == full_ids(at_training, item, label)
     assert at_inference.invocation_ids == info.prompt["invocation_ids"]
     assert (
-        loaded.tokenizer.decode(at_inference.full_ids(item, "no_failure"))
+        loaded.tokenizer.decode(full_ids(at_inference, item, "no_failure"))
         == f"{item}\nRequirement: \n<|im_start|>check_requirement\nno_failure<|im_end|>"
     )
 
@@ -146,7 +152,7 @@ def test_special_tokens_in_items_and_requirements_stay_text(loaded):
     enc = fmt.encode(INJECTION, INJECTION)
     assert not special_ids(tok) & set(enc.prefix[len(fmt.lead_ids) :])
     assert tok.decode(enc.prefix) == f"{INJECTION}\nRequirement: {INJECTION}\n"
-    full = fmt.full_ids(INJECTION, "no_failure", INJECTION)
+    full = full_ids(fmt, INJECTION, "no_failure", INJECTION)
     assert [t for t in full if t in special_ids(tok)] == [fmt.invocation_ids[0], fmt.eos_id]
 
 

@@ -118,3 +118,18 @@ def test_another_runs_state_is_refused(interrupted, tmp_path):
     code, output = train(str(other), "--outfile", str(out), "--resume", *ARGS)
     assert code == 2 and "data file's contents differ" in output, output
     assert state_path(out).exists() and not out.exists()  # refused before anything was touched
+
+
+def test_a_different_cache_budget_resumes(interrupted, tmp_path):
+    """The cache budget decides only whether prefix caches are kept or recomputed: not part of the run."""
+    data, folder = interrupted
+    out = tmp_path / "adapter"
+    shutil.copy(state_path(folder / "adapter"), state_path(out))
+    code, output = train(str(data), "--outfile", str(out), "--resume", *ARGS, "--cache-memory-gb", "0")
+    said = " ".join(output.split())  # the console wraps long lines
+    assert code == 0, output
+    assert (
+        "Resuming after epoch 1 of 3" in said and "over --cache-memory-gb 0.0, recomputed per batch" in said
+    )
+    assert "cache_memory_gb=0.0" in said  # set on the command line
+    assert not state_path(out).exists() and (out / "validora.json").is_file()

@@ -8,6 +8,7 @@ from validora.core.prompting import PromptFormat
 from validora.score import scoring
 
 from .conftest import LABELS
+from .test_prompting import full_ids
 
 ITEMS = [
     "knock at 3k rpm, rod",
@@ -34,7 +35,7 @@ def naive_loglik(model, fmt: PromptFormat, item: str, requirement: str | None, a
     """One full forward per label, PEFT's own way: the textbook computation."""
     out = []
     for label in fmt.labels:
-        ids = fmt.full_ids(item, label, requirement)
+        ids = full_ids(fmt, item, label, requirement)
         n_label = len(fmt.label_ids[label])
         kwargs = {"alora_offsets": [len(fmt.invocation_ids) + n_label]} if alora else {}
         with torch.no_grad():

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +24,14 @@ from .conftest import ROOT, engine_rows, read_until, write_jsonl
 runner = CliRunner()
 
 
-def make_trainer(fresh_model, data: Path, overwrite: bool = False, **overrides) -> Trainer:
+def make_trainer(fresh_model, data: Path, overwrite: bool = False, cache_memory_gb: float = 4.0, **overrides) -> Trainer:  # fmt: skip
     recipe = Recipe(**{"dropout": 0.0, **overrides})
     config = TrainConfig(
         datafile=str(data),
         outfile=str(data.parent / "never"),
         device="cpu",
         overwrite=overwrite,
+        cache_memory_gb=cache_memory_gb,
         recipe=recipe,
     )
     trainer = Trainer(config, loaded=fresh_model())
@@ -74,7 +76,7 @@ def test_prefix_cached_loss_and_gradients_equal_the_full_forward(fresh_model, sm
     weights = dict(full_trainer.peft.named_parameters())
     assert all(torch.equal(p, weights[n]) for n, p in trainer.peft.named_parameters())
     with pytest.raises(AttributeError):
-        trainer.uses_cache = False  # type: ignore[misc]  # fixed at construction
+        trainer.uses_cache = False  # type: ignore[misc]  # the recipe's
     keys = [0, 1, 2, 3, 4]
     batch = [trainer.train_enc[k] for k in keys]
     assert trainer.uses_cache and trainer.prefixes.kept
@@ -204,21 +206,41 @@ def test_train_cli_writes_a_complete_adapter(trained_adapter: Path, small_data: 
     assert sorted(p.name for p in small_data.parent.iterdir()) == ["small.jsonl"]
 
 
-# validora.json's "training" object: one flat object with these keys (the file format; adapters written
-# before TrainConfig held its hyperparameters in a Recipe read the same).
+# validora.json's "training" object: the recipe (what shapes the weights), the epochs it resolved and the
+# split sizes, as one flat object. No path (data, output, prompt file, base model) and no execution knob
+# (device, cache budget, overwrite, remote code): those are the run's, not the adapter's.
 TRAINING_KEYS = {
-    "datafile", "outfile", "basemodel", "adapter", "device", "epochs", "learning_rate", "batch_size",
-    "grad_accum", "max_length", "promptfile", "seed", "val_fraction", "rank", "alpha", "dropout",
-    "label_smoothing", "lexical_weight", "target_modules", "warmup_fraction", "early_stop", "prefix_cache", "cache_memory_gb", "eval_batch_size",
-    "overwrite", "trust_remote_code", "n_train", "n_val",
+    "adapter", "epochs", "learning_rate", "batch_size", "grad_accum", "max_length", "seed", "val_fraction",
+    "rank", "alpha", "dropout", "label_smoothing", "lexical_weight", "target_modules", "warmup_fraction",
+    "early_stop", "prefix_cache", "eval_batch_size", "n_train", "n_val",
 }  # fmt: skip
+# What adapters written before the split also stored there: they load as before.
+EARLIER_KEYS = {"datafile", "outfile", "basemodel", "device", "promptfile", "overwrite", "trust_remote_code", "cache_memory_gb"}  # fmt: skip
 
 
-def test_validora_json_stores_the_run_and_its_recipe_as_one_flat_object(trained_adapter: Path):
+def test_validora_json_stores_the_recipe_as_one_flat_object(trained_adapter: Path):
     training = AdapterInfo.read(trained_adapter).training
     assert set(training) == TRAINING_KEYS
     assert training["rank"] == 8 and training["epochs"] == 2 and training["seed"] == 1
-    assert training["target_modules"] == list(DEFAULT_TARGETS) and training["device"] == "cpu"
+    assert training["target_modules"] == list(DEFAULT_TARGETS)
+
+
+def test_an_earlier_training_block_with_paths_and_knobs_still_loads(
+    trained_adapter: Path, tmp_path, fresh_model
+):
+    from validora.backends.validator import load_validator
+
+    adapter = Path(shutil.copytree(trained_adapter, tmp_path / "earlier"))
+    info = json.loads((adapter / "validora.json").read_text())
+    earlier = {"datafile": "/home/me/data/d.jsonl", "outfile": str(adapter), "basemodel": None, "device": "cpu",
+               "promptfile": None, "overwrite": False, "trust_remote_code": False, "cache_memory_gb": 4.0}  # fmt: skip
+    assert set(earlier) == EARLIER_KEYS
+    info["training"] = {**earlier, **info["training"]}
+    (adapter / "validora.json").write_text(json.dumps(info))
+    assert AdapterInfo.read(adapter).training["datafile"] == "/home/me/data/d.jsonl"
+    texts = ["rod knock", "new plug, runs fine"]
+    got, want = (load_validator(d, loaded=fresh_model()).predict(texts) for d in (adapter, trained_adapter))
+    assert [s.probs for s in got] == [s.probs for s in want]
 
 
 def test_saved_adapter_reproduces_in_memory_predictions(fresh_model, tmp_path):

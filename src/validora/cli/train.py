@@ -1,15 +1,18 @@
-"""`m alora train`: flags of the reference command plus what users need; the loop lives in training.py."""
+"""`m alora train`: flags of the reference command plus what users need; the loop lives in train/trainer.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from validora.cli import options
 from validora.cli.display import (
     RichProgress,
     console,
@@ -18,13 +21,13 @@ from validora.cli.display import (
     out,
     sigterm_as_interrupt,
 )
+from validora.errors import ValidoraError
 from validora.train.trainer import Recipe, TrainConfig
 
 if TYPE_CHECKING:
     from validora.train.trainer import Trainer
 
-_RUN = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
-_RECIPE = {f.name for f in dataclasses.fields(Recipe)}
+# Each flag's default: its field's, in TrainConfig or its Recipe.
 _D = {
     f.name: f.default
     for f in (*dataclasses.fields(TrainConfig), *dataclasses.fields(Recipe))
@@ -43,8 +46,8 @@ def train(
     ],
     basemodel: Annotated[
         str | None,
-        typer.Option(
-            help="Hugging Face id, model directory or .gguf file. Default: the embedded smollm2-135m-instruct.",
+        options.basemodel(
+            "Hugging Face id, model directory or .gguf file. Default: the embedded smollm2-135m-instruct.",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -57,7 +60,7 @@ def train(
         typer.Option(help="alora (activated LoRA: shares the item's cache) or lora.", rich_help_panel=MODEL),
     ] = _D["adapter"],
     device: Annotated[
-        str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.", rich_help_panel=RUN)
+        str, options.device("auto (cuda, then mps, then cpu), cpu, cuda or mps.", rich_help_panel=RUN)
     ] = _D["device"],
     epochs: Annotated[
         int | None,
@@ -75,8 +78,8 @@ def train(
     ] = _D["learning_rate"],
     batch_size: Annotated[
         int,
-        typer.Option(
-            help="Examples per forward pass, per process (several processes: batch_size x processes per batch).",
+        options.batch_size(
+            "Examples per forward pass, per process (several processes: batch_size x processes per batch).",
             rich_help_panel=OPT,
         ),
     ] = _D["batch_size"],
@@ -85,8 +88,8 @@ def train(
     ],
     max_length: Annotated[
         int,
-        typer.Option(
-            help="Token limit per prompt; longer items lose their beginning, never the label.",
+        options.max_length(
+            "Token limit per prompt; longer items lose their beginning, never the label.",
             rich_help_panel=DATA,
         ),
     ] = _D["max_length"],
@@ -139,7 +142,7 @@ def train(
         float, typer.Option(help="Keep prefix caches across epochs up to this many GiB.", rich_help_panel=RUN)
     ] = _D["cache_memory_gb"],
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing adapter at --outfile.", rich_help_panel=RUN)
+        bool, options.overwrite("Replace an existing adapter at --outfile.", rich_help_panel=RUN)
     ] = False,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow the base model's own Python code to run.", rich_help_panel=MODEL)
@@ -157,19 +160,24 @@ def train(
     ] = False,
 ) -> None:
     """Train an aLoRA or LoRA validator adapter on labeled JSONL and evaluate it on a held-out split."""
-    # Every parameter but --json and --resume is a field of the same name, of TrainConfig or of its Recipe; paths
-    # travel as strings.
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k in _RUN | _RECIPE}
-    recipe = Recipe(**{k: v for k, v in values.items() if k in _RECIPE})
-    config = TrainConfig(**{k: v for k, v in values.items() if k in _RUN}, recipe=recipe)
-    changed = [f"{k}={v}" for k, v in values.items() if k in _D and v != _D[k] and k not in ("datafile",)]
+    recipe = Recipe(
+        adapter=adapter, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        grad_accum=grad_accum, max_length=max_length, seed=seed, val_fraction=val_fraction, rank=rank,
+        alpha=alpha, dropout=dropout, label_smoothing=label_smoothing, lexical_weight=lexical_weight,
+        early_stop=early_stop, prefix_cache=prefix_cache,
+    )  # fmt: skip
+    config = TrainConfig(
+        datafile=str(datafile), outfile=str(outfile), basemodel=basemodel, device=device,
+        promptfile=None if promptfile is None else str(promptfile), overwrite=overwrite,
+        trust_remote_code=trust_remote_code, cache_memory_gb=cache_memory_gb, recipe=recipe,
+    )  # fmt: skip
     from validora.train.distributed import launched_rank
 
     if launched_rank() != 0:  # one of several processes (accelerate launch, torchrun): rank 0 speaks
         _train_quietly(config, resume)
         return
     console.print(
-        f"Training {recipe.adapter} on {datafile}; set on the command line: {', '.join(changed) or 'nothing'}; the rest are defaults.",
+        f"Training {recipe.adapter} on {datafile}; set on the command line: {', '.join(_changed(config)) or 'nothing'}; the rest are defaults.",
         highlight=False,
     )
 
@@ -180,12 +188,10 @@ def train(
     before = _identity(outfile)
     sigterm_as_interrupt()
     try:
-        with RichProgress() as progress:
+        with _FlagProgress() as progress:
             trainer = Trainer(config, progress, keep_state=True, resume_state=resume)
-            trainer.setup()
-            report = trainer.train()
-            target = trainer.save()
-            _end(trainer)
+            target = _run(trainer)
+            report = trainer.report
     except KeyboardInterrupt:
         from validora.train.resume import state_path
 
@@ -241,18 +247,58 @@ def _train_quietly(config: TrainConfig, resume: bool) -> None:
 
     sigterm_as_interrupt()
     try:
-        trainer = Trainer(config, SilentProgress(), keep_state=True, resume_state=resume)
-        trainer.setup()
-        trainer.train()
-        _end(trainer)
+        _run(Trainer(config, SilentProgress(), keep_state=True, resume_state=resume))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
-def _end(trainer: Trainer) -> None:
-    """Leave the process group, if any (torch warns at exit otherwise)."""
+def _run(trainer: Trainer) -> Path:
+    """setup, train, save (rank 0 writes), then leave the process group if any (torch warns at exit
+    otherwise); where the adapter is. The library's errors name options: shown as this command's flags."""
+    try:
+        trainer.setup()
+        trainer.train()
+        target = trainer.save()
+    except ValidoraError as exc:
+        if exc.option in _NAMED:
+            raise type(exc)(_with_flags(str(exc), [exc.option]), option=exc.option) from None
+        raise
     if trainer.shard.world > 1:
         trainer.accelerator.end_training()
+    return target
+
+
+# The options training's messages name inside a sentence, and this command's flags for them. A
+# message beginning with its option is shown by display.error_message; these sit further in.
+_NAMED = {
+    "learning_rate": "--learning-rate",
+    "cache_memory_gb": "--cache-memory-gb",
+    "resume_state": "--resume",
+    "distributed_type": "distributed_type: MULTI_GPU (accelerate launch --multi_gpu).",
+}
+_SPELLED = {"distributed_type": "distributed_type: MULTI_GPU."}  # the words that stand for the option
+
+
+def _with_flags(text: str, names: list[str]) -> str:
+    """`text` with each option in `names` shown as its flag: only as a whole word, never inside a path."""
+    for name in names:
+        words = re.escape(_SPELLED.get(name, name))
+        text = re.sub(rf"(?<![\w/.-]){words}(?![\w/-])", lambda _, flag=_NAMED[name]: flag, text)
+    return text
+
+
+class _FlagProgress(RichProgress):
+    """RichProgress whose notices show the flags of the options they name (over cache_memory_gb 4)."""
+
+    def log(self, message: str) -> None:
+        super().log(_with_flags(message, ["cache_memory_gb", "resume_state"]))
+
+
+def _changed(config: TrainConfig) -> list[str]:
+    """The settings given on the command line (those not at their default), in the order of the flags."""
+    values: dict[str, Any] = {**vars(config), **vars(config.recipe)}
+    flags = [name for name in inspect.signature(train).parameters if name in _D]
+    return [f"{name}={values[name]}" for name in flags if values[name] != _D[name]]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

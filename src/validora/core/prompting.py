@@ -112,10 +112,12 @@ def load_promptfile(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One item's prompt as token ids; `truncated` counts item tokens cut from the left."""
+    """One item's prompt as token ids; `truncated` counts item tokens cut from the left. A training
+    example carries its gold `label`: its full sequence is `prefix + invocation_ids + label_ids[label]`."""
 
     prefix: list[int]
-    truncated: int
+    truncated: int = 0
+    label: str | None = None
 
 
 @runtime_checkable
@@ -221,10 +223,6 @@ class PromptFormat:
         room = own if room is None else min(room, own)
         cut = max(0, len(item_ids) - room)
         return Encoded(prefix=[*self.lead_ids, *item_ids[cut:], *req_ids], truncated=cut)
-
-    def full_ids(self, item: str, label: str, requirement: str | None = None) -> list[int]:
-        """Prefix + invocation + label + end: the sequence the adapter is trained on."""
-        return [*self.encode(item, requirement).prefix, *self.invocation_ids, *self.label_ids[label]]
 
     def describe(self) -> dict[str, Any]:
         """What an adapter stores so that inference rebuilds exactly this format."""

@@ -1,5 +1,9 @@
 """The training recipe (`Recipe`: every hyperparameter with its default, validated on construction) and
-`TrainConfig` (one run: data, output, base model, device, and its Recipe).
+`TrainConfig` (one run: data, output, base model, device, cache budget, and its Recipe).
+
+The recipe is what validora.json's "training" block records: what, with the data and the base model,
+determines the adapter's weights. Paths and execution knobs (where to write, on which device, how much
+memory the prefix caches may take) belong to the run and are not recorded.
 
 The defaults are chosen by measurement on the quality suite (benchmarks/quality.py, BENCHMARKS.md),
 not copied from the reference command: they must learn on small sets with the embedded model.
@@ -8,7 +12,7 @@ not copied from the reference command: they must learn on small sets with the em
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from validora.adapter.schema import ADAPTER_TYPES
@@ -62,8 +66,8 @@ class Recipe:
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     warmup_fraction: float = 0.06
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = never
-    prefix_cache: bool = True  # aLoRA only: compute prefixes without gradients
-    cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size
+    # aLoRA only: compute prefixes without gradients (the same loss up to float summation order)
+    prefix_cache: bool = True
     eval_batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -74,7 +78,6 @@ class Recipe:
             "label_smoothing",
             "lexical_weight",
             "warmup_fraction",
-            "cache_memory_gb",
         ):
             value = getattr(self, name)
             if not math.isfinite(value):  # inf passes a "> 0" check and nan fails it without saying why
@@ -95,7 +98,6 @@ class Recipe:
             ("early_stop", self.early_stop >= 0, f"must be 0 (off) or a number of epochs, not {self.early_stop}"),
             ("warmup_fraction", 0 <= self.warmup_fraction <= 1, f"must be between 0 and 1, not {self.warmup_fraction}"),
             ("eval_batch_size", self.eval_batch_size >= 1, f"must be at least 1, not {self.eval_batch_size}"),
-            ("cache_memory_gb", self.cache_memory_gb >= 0, f"must be >= 0, not {self.cache_memory_gb}"),
             ("target_modules", bool(self.target_modules), "needs at least one module name"),
         ]  # fmt: skip
         for name, ok, why in checks:
@@ -118,9 +120,16 @@ class TrainConfig:
     promptfile: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    cache_memory_gb: float = 4.0  # keep prefix caches across epochs up to this size (else per batch)
     recipe: Recipe = field(default_factory=Recipe)
 
-    def to_dict(self) -> dict[str, Any]:
-        """One flat object, as validora.json's "training" has always stored it: run options, then the recipe."""
-        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recipe"}
-        return {**run, **asdict(self.recipe)}
+    def __post_init__(self) -> None:
+        gb = self.cache_memory_gb
+        if not math.isfinite(gb):
+            raise _refused("cache_memory_gb", f"must be a finite number, not {gb}")
+        if gb < 0:
+            raise _refused("cache_memory_gb", f"must be >= 0, not {gb}")
+
+    def recorded(self) -> dict[str, Any]:
+        """validora.json's "training" block: the recipe, the hyperparameters that shape the weights."""
+        return asdict(self.recipe)

@@ -1,4 +1,4 @@
-"""Resumable runs: after every epoch, the training state in one safetensors file beside --outfile.
+"""Resumable runs: after every epoch, the training state in one safetensors file beside the outfile.
 
 `.NAME.train-state.safetensors` (a hidden sibling of the adapter directory, never inside it) holds
 the adapter's current and best-so-far weights, the best epoch's validation scores, the optimizer's
@@ -8,9 +8,9 @@ unpickled. The file is replaced atomically (a temporary sibling, flocked while w
 os.replace), so a kill leaves the previous epoch's state. The last epoch (or an early stop) writes
 none: a run killed while saving resumes from the epoch before and repeats the last one, which gives
 the same adapter. A finished run deletes the state. Several processes: rank 0 writes it (with every
-rank's RNG states), every rank reads it. `--resume`
-continues from the last completed epoch only if the fingerprint (data file, prompt file, recipe and
-run options, base model, number of processes) is the same.
+rank's RNG states), every rank reads it. Resuming
+continues from the last completed epoch only if the fingerprint (data and prompt files' contents,
+recipe, base model, device, number of processes) is the same; the cache budget may change.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import os
 import random
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ from typing import Any
 import torch
 
 from validora.errors import ResumeError
-from validora.train.distributed import gather_objects, launched_world
+from validora.train.distributed import Shard, gather_objects, launched_world
+from validora.train.recipe import TrainConfig
 from validora.train.report import EpochRecord
 
 STATE_FORMAT = 1
@@ -42,17 +45,21 @@ def state_path(outfile: str | Path) -> Path:
     return target.parent / f".{target.name}{STATE_SUFFIX}"
 
 
-def fingerprint(config: Any, processes: int) -> dict[str, Any]:
-    """What must be the same for a resumed run to end as the uninterrupted one would have: the recipe
-    and run options (base model and device included), the data and prompt files' contents (not their
-    paths), and the number of processes (it sets the global batch)."""
-    skip = ("overwrite", "outfile", "datafile", "promptfile")
-    options = {k: v for k, v in config.to_dict().items() if k not in skip}
+def fingerprint(config: TrainConfig, processes: int) -> dict[str, Any]:
+    """What must be the same for a resumed run to end as the uninterrupted one would have: the recipe,
+    the base model, device and remote-code permission, the data and prompt files' contents (not their
+    paths), and the number of processes (it sets the global batch). The cache budget is not in it: it
+    decides only whether prefix caches are kept or recomputed."""
+    run = {
+        "basemodel": config.basemodel,
+        "device": config.device,
+        "trust_remote_code": config.trust_remote_code,
+    }
     files = {}
-    for name in ("datafile", "promptfile"):
-        if path := getattr(config, name):
+    for name, path in (("datafile", config.datafile), ("promptfile", config.promptfile)):
+        if path:
             files[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {"options": options, "files": files, "processes": processes}
+    return {"options": {**run, **config.recorded()}, "files": files, "processes": processes}
 
 
 @dataclass
@@ -133,7 +140,6 @@ def save_state(
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _pause_for_tests(f"state kept after epoch {run.epoch}")
 
 
 def _flock(fd: int) -> bool:
@@ -192,7 +198,8 @@ def load_state(path: Path, expected: dict[str, Any]) -> LoadedState:
     if meta["fingerprint"] != expected:
         raise ResumeError(
             f"The saved training state {path} belongs to a different run: {_difference(meta['fingerprint'], expected)}. "
-            "Run without --resume to start over (the state is then replaced), or restore that run's settings."
+            "Run without resume_state to start over (the state is then replaced), or restore that run's settings.",
+            option="resume_state",
         )
     best = meta["best"]
     model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -233,75 +240,72 @@ def _difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
     return "its " + ", ".join(f"{k} was {old.get(k)!r}, not {new.get(k)!r}" for k in changed[:3])
 
 
-def _pause_for_tests(moment: str) -> None:
-    if delay := os.environ.get(PAUSE_ENV):
-        import sys
-        import time
+class Checkpointer:
+    """The resumable state of one run, held by its Trainer (as torchtune's recipes hold a checkpointer):
+    read before the model loads, restored once the optimizer exists, kept after every epoch, removed
+    when the adapter is saved. Notices go to `log` (the Trainer's progress)."""
 
-        print(f"validora-test: {moment}", file=sys.stderr, flush=True)
-        time.sleep(float(delay))
+    def __init__(self, config: TrainConfig, *, keep: bool, resume: bool, log: Callable[[str], None]):
+        """`keep`: write the state after every epoch; `resume`: continue from it if there is one."""
+        self.path = state_path(config.outfile) if keep or resume else None
+        self.resume = resume
+        self._config = config
+        self._log = log
+        self._fingerprint: dict[str, Any] = {}
+        self._failed = False  # a state could not be written: said once
 
-
-class KeepsState:
-    """The Trainer's side of it (a mixin, so training.py stays short): read before the model loads,
-    restore once everything is set up, keep after every epoch."""
-
-    config: Any
-    keep_state: bool
-    resume_state: bool
-    progress: Any
-    shard: Any
-    epochs: int
-    peft: Any
-    optimizer: Any
-    lr_scheduler: Any
-
-    def _read_state(self) -> LoadedState | None:
+    def read(self) -> LoadedState | None:
         """The state to resume from (refused if another run's), before the model loads: a refusal is quick."""
-        self.run = RunState()
-        self.state_file = state_path(self.config.outfile) if self.keep_state else None
-        if self.state_file is None:
+        if self.path is None:
             return None
-        remove_stale_temporaries(self.state_file)
-        self.fingerprint = fingerprint(self.config, launched_world())
-        there = self.state_file.is_file()
-        if there and not self.resume_state:
-            self.progress.log(f"An interrupted run's state is at {self.state_file}; starting over replaces it (--resume continues it).")  # fmt: skip
-        elif self.resume_state and not there:
-            self.progress.log(f"No saved training state at {self.state_file}: starting from the first epoch.")
-        return load_state(self.state_file, self.fingerprint) if there and self.resume_state else None
+        remove_stale_temporaries(self.path)
+        self._fingerprint = fingerprint(self._config, launched_world())
+        there = self.path.is_file()
+        if there and not self.resume:
+            self._log(f"An interrupted run's state is at {self.path}; starting over replaces it (resume_state continues it).")  # fmt: skip
+        elif self.resume and not there:
+            self._log(f"No saved training state at {self.path}: starting from the first epoch.")
+        return load_state(self.path, self._fingerprint) if there and self.resume else None
 
-    def _restore(self, saved: LoadedState) -> None:
-        """Weights, optimizer, schedule and RNG as they were after the saved epoch; the loop goes on from there."""
+    def restore(self, saved: LoadedState, *, model: Any, optimizer: Any, scheduler: Any, shard: Shard, epochs: int) -> RunState:  # fmt: skip
+        """Weights, optimizer, schedule and RNG as they were after the saved epoch; the loop goes on from
+        the RunState returned."""
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.peft, saved.model)
-        groups = self.optimizer.state_dict()["param_groups"]
+        set_peft_model_state_dict(model, saved.model)
+        groups = optimizer.state_dict()["param_groups"]
         for group, lr in zip(groups, saved.lrs, strict=True):
             group["lr"] = lr
-        self.optimizer.load_state_dict({"state": saved.optimizer_state, "param_groups": groups})
-        self.lr_scheduler.load_state_dict({**saved.scheduler, "lr_lambdas": [None] * len(groups)})
-        set_rng_state(saved.rngs[self.shard.rank])
-        self.run = saved.run
-        self.progress.log(f"Resuming after epoch {saved.run.epoch} of {self.epochs} from {self.state_file}.")
+        optimizer.load_state_dict({"state": saved.optimizer_state, "param_groups": groups})
+        scheduler.load_state_dict({**saved.scheduler, "lr_lambdas": [None] * len(groups)})
+        set_rng_state(saved.rngs[shard.rank])
+        self._log(f"Resuming after epoch {saved.run.epoch} of {epochs} from {self.path}.")
+        return saved.run
 
-    def _keep_state(self) -> None:
+    def keep(self, run: RunState, *, model: Any, optimizer: Any, scheduler: Any, shard: Shard) -> None:
         """After an epoch: the state to resume from, written by the main process."""
         from peft import get_peft_model_state_dict
 
-        if self.state_file is None:
+        if self.path is None:
             return
-        rngs = gather_objects(rng_state(), self.shard)  # every process's dropout RNG
-        if not self.shard.main:
+        rngs = gather_objects(rng_state(), shard)  # every process's dropout RNG
+        if not shard.main:
             return
         try:
             save_state(
-                self.state_file, self.run, fingerprint=self.fingerprint,
-                model=get_peft_model_state_dict(self.peft), optimizer=self.optimizer.state_dict(),
-                scheduler=self.lr_scheduler.state_dict(), rngs=rngs,
+                self.path, run, fingerprint=self._fingerprint, model=get_peft_model_state_dict(model),
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rngs=rngs,
             )  # fmt: skip
         except Exception as exc:  # a full disk (safetensors has its own error type): the run goes on
-            if getattr(self, "_state_failed", False):
-                return
-            self._state_failed = True
-            self.progress.log(f"Could not keep the training state at {self.state_file} ({exc}); --resume would go back further, or start over.")  # fmt: skip
+            if not self._failed:
+                self._failed = True
+                self._log(f"Could not keep the training state at {self.path} ({exc}); resume_state would go back further, or start over.")  # fmt: skip
+            return
+        if delay := os.environ.get(PAUSE_ENV):
+            self._log(f"validora-test: state kept after epoch {run.epoch}")
+            time.sleep(float(delay))
+
+    def finish(self) -> None:
+        """The adapter is saved: nothing to resume."""
+        if self.path is not None:
+            remove_state(self.path)

@@ -6,7 +6,8 @@ the memory budget) and forward + backward run only over invocation + label token
 gradients equal the full-sequence forward; the cost falls by roughly prefix/suffix length.
 LoRA: ordinary full-sequence training, loss on label tokens only.
 Several processes (accelerate launch, torchrun) split the items between them (distributed.py); the
-state after each epoch (resume.py) lets an interrupted run continue with --resume.
+state after each epoch (resume.py's Checkpointer) lets an interrupted run continue (`resume_state`).
+Judging the epochs (evaluation.py) and writing the adapter directory (artifacts.py) live beside it.
 """
 
 from __future__ import annotations
@@ -15,39 +16,31 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from validora.adapter.saving import check_target, staged_directory, write_json
-from validora.adapter.schema import LEXICAL_FILE, RELIABILITY_FILE, AdapterInfo
-from validora.core.calibration import expected_calibration_error, fit_temperature, top_label
+from validora.adapter.saving import check_target, staged_directory
+from validora.core.calibration import expected_calibration_error, top_label
 from validora.core.data import Example, labels_of, load_jsonl, stratified_split
-from validora.core.metrics import Metrics, classification_metrics
+from validora.core.metrics import Metrics
 from validora.core.models import LoadedModel, check_target_modules, load_base_model
-from validora.core.prompting import PromptFormat, load_promptfile
+from validora.core.prompting import Encoded, PromptFormat, load_promptfile
 from validora.errors import ConfigError, TrainingDiverged
 from validora.score import scoring
-from validora.score.lexical import lexical_text
-from validora.score.packing import Packed, Segment, pack
-from validora.score.readout import Readout, fit_readouts
-from validora.train import resume
+from validora.score.packing import Segment, pack
+from validora.train.artifacts import adapter_info, write_adapter
 from validora.train.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
+from validora.train.evaluation import calibrate, judge
 from validora.train.prefix_store import PrefixStore
 from validora.train.recipe import Recipe, TrainConfig, resolve_epochs
 from validora.train.report import EpochRecord, Progress, SilentProgress, StepLoss, TrainReport
+from validora.train.resume import Checkpointer, RunState
 
 # Re-exported: callers import the report types from here.
 __all__ = ["EpochRecord", "Progress", "Recipe", "SilentProgress", "StepLoss", "TrainConfig", "TrainReport"]
 __all__ += ["Trainer", "train"]
-
-
-@dataclass
-class _Encoded:
-    prefix: list[int]
-    label: str
-    truncated: int = 0  # item tokens cut from the left to fit --max-length
 
 
 def lr_factor(update: int, total: int, warmup_fraction: float) -> float:
@@ -58,7 +51,7 @@ def lr_factor(update: int, total: int, warmup_fraction: float) -> float:
     return max(0.0, (total - update) / max(1, total - warmup))
 
 
-class Trainer(resume.KeepsState):
+class Trainer:
     """One training run: `setup()`, `train()`, `save()`; `evaluate()` works at any point."""
 
     def __init__(
@@ -70,33 +63,35 @@ class Trainer(resume.KeepsState):
         keep_state: bool = False,
         resume_state: bool = False,
     ):
-        """`keep_state`: write the training state beside --outfile after every epoch (resume.py; the CLI
-        does); `resume_state`: continue from that state if there is one (else start with a notice)."""
+        """`keep_state`: write the training state beside the outfile after every epoch (the CLI does);
+        `resume_state`: continue from that state if there is one (else start with a notice)."""
         self.config = config
-        self.keep_state, self.resume_state = keep_state or resume_state, resume_state
         self.recipe: Recipe = config.recipe  # re-exported here with TrainConfig
         self.progress = progress or SilentProgress()
+        self.checkpointer = Checkpointer(config, keep=keep_state, resume=resume_state, log=self.progress.log)
+        self.run = RunState()
         self._loaded = loaded
-        # Chosen once, here: aLoRA runs its loss over invocation + label on top of cached prefixes;
-        # LoRA, or aLoRA with prefix_cache off, runs the plain full-sequence forward.
-        self._cached_forward = self.recipe.adapter == "alora" and self.recipe.prefix_cache
 
     @property
     def uses_cache(self) -> bool:
-        """Whether the loss runs on top of cached prefixes (fixed by the config at construction)."""
-        return self._cached_forward
+        """aLoRA runs its loss over invocation + label on top of cached prefixes; LoRA, or aLoRA with
+        prefix_cache off, runs the plain full-sequence forward."""
+        return self.recipe.adapter == "alora" and self.recipe.prefix_cache
 
     # ----- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Each job in its own step, in this order: data, model, optimizer and schedule, prefixes."""
         check_target(Path(self.config.outfile), overwrite=self.config.overwrite)
         self._setup_data()
-        saved = self._read_state()
+        saved = self.checkpointer.read()  # before the model loads: another run's state is refused fast
         self._setup_model()
         self._setup_optimizer()
         self._setup_prefixes()
         if saved is not None:
-            self._restore(saved)
+            self.run = self.checkpointer.restore(
+                saved, model=self.peft, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                shard=self.shard, epochs=self.epochs,
+            )  # fmt: skip
 
     def _setup_data(self) -> None:
         """Everything read from disk before the model loads, so bad input fails fast."""
@@ -159,7 +154,6 @@ class Trainer(resume.KeepsState):
 
     def _setup_prefixes(self) -> None:
         """Tokenise every item; on the cached path, compute their caches once if they fit the budget."""
-        r = self.recipe
         self.train_enc = self._encode(self.train_examples)
         self.val_enc = self._encode(self.val_examples)
         self.truncated_items = sum(e.truncated > 0 for e in (*self.train_enc, *self.val_enc))
@@ -172,20 +166,23 @@ class Trainer(resume.KeepsState):
         self.cache_seconds = 0.0
         if not self.uses_cache:
             return
-        fits = self.prefixes.fits(r.cache_memory_gb)
-        over = f"over --cache-memory-gb {r.cache_memory_gb}, recomputed per batch"
+        budget = self.config.cache_memory_gb
+        fits = self.prefixes.fits(budget)
+        over = f"over cache_memory_gb {budget}, recomputed per batch"
         how = "kept across epochs" if fits else over
         need = f"{self.prefixes.need_gb():.2f} GiB for {self.prefixes.tokens} tokens"
         self.progress.log(f"Prefix caches: {need}; {how}.")
         if fits:
             started = time.perf_counter()
             self.progress.start("Caching prefixes", len(self.prefixes))
-            self.prefixes.fill(max(r.eval_batch_size, r.batch_size), self.progress.advance)
+            self.prefixes.fill(
+                max(self.recipe.eval_batch_size, self.recipe.batch_size), self.progress.advance
+            )
             self.cache_seconds = time.perf_counter() - started
 
-    def _encode(self, examples: Sequence[Example]) -> list[_Encoded]:
-        encoded = [(self.fmt.encode(e.item, e.requirement), e.label) for e in examples]
-        return [_Encoded(enc.prefix, label, enc.truncated) for enc, label in encoded]
+    def _encode(self, examples: Sequence[Example]) -> list[Encoded]:
+        """Each example's prompt ids, carrying its gold label."""
+        return [replace(self.fmt.encode(e.item, e.requirement), label=e.label) for e in examples]
 
     @property
     def n_batches(self) -> int:
@@ -193,7 +190,7 @@ class Trainer(resume.KeepsState):
         return math.ceil(len(self.train_examples) / (self.recipe.batch_size * self.shard.world))
 
     # ----- the loss ----------------------------------------------------------------------------------
-    def loss_step(self, keys: Sequence[int], batch: Sequence[_Encoded]) -> StepLoss:
+    def loss_step(self, keys: Sequence[int], batch: Sequence[Encoded]) -> StepLoss:
         """The objective over the gold label + end tokens (label-smoothed), their plain NLL, their count."""
         rows = [[Segment(self.fmt.invocation_ids, [self.fmt.label_ids[e.label]])] for e in batch]
         if self.uses_cache:
@@ -202,13 +199,10 @@ class Trainer(resume.KeepsState):
         else:
             prefix = scoring.empty_prefix(len(batch), self.device)
             packed = pack(rows, self.fmt.pad_id, leads=[e.prefix for e in batch])
-        nll, spread = scoring.target_losses(self._forward(prefix, packed), packed)
+        nll, spread = scoring.target_losses(scoring.suffix_forward(self.model, prefix, packed), packed)
         eps = self.recipe.label_smoothing
         objective = nll.mean() if eps == 0 else ((1 - eps) * nll + eps * spread).mean()
         return StepLoss(objective, float(nll.detach().mean()), int(nll.numel()))
-
-    def _forward(self, prefix: scoring.Prefix, packed: Packed) -> torch.Tensor:
-        return scoring.suffix_forward(self.model, prefix, packed)
 
     # ----- train / evaluate --------------------------------------------------------------------------
     def train(self) -> TrainReport:
@@ -250,23 +244,20 @@ class Trainer(resume.KeepsState):
                     self.progress.log(f"Stopping early: no improvement for {run.stale} epoch(s).")
                     break
             if epoch < self.epochs:  # not the last: a kill while saving resumes from the one before
-                self._keep_state()
+                self.checkpointer.keep(
+                    run, model=self.peft, optimizer=self.optimizer, scheduler=self.lr_scheduler, shard=self.shard
+                )  # fmt: skip
         records, best_loglik = run.records, run.best_loglik
         if run.best_state is None or best_loglik is None:
             raise self._diverged("no epoch had a finite validation loss")
-        best_metrics = self._judge(best_loglik)[0]  # as evaluate() gave it at that epoch
+        best_metrics = judge(best_loglik, self.val_enc, self.fmt)[0]  # as evaluate() gave it at that epoch
         set_peft_model_state_dict(self.peft, run.best_state)
         self.model.eval()
-        temperature = fit_temperature(best_loglik, self.val_gold)
-        held_out, self.readout = self._fit_readout(best_loglik, temperature)
-        val_texts = [lexical_text(e.item, e.requirement) for e in self.val_examples]
-        self.val_probs = held_out.probabilities(best_loglik, val_texts)  # for the reliability diagram
-        lexical = self.readout.describe()
-        if (
-            lexical is not None
-        ):  # the mixture's own validation accuracy (its kind, C, temperature chosen there)
-            correct = self.val_probs.argmax(-1).cpu() == torch.tensor(self.val_gold)
-            lexical = {**lexical, "val_accuracy": float(correct.float().mean())}
+        splits = (self.train_examples, self.val_examples)
+        fitted = calibrate(
+            best_loglik, self.val_gold, splits, self.fmt.labels, r.lexical_weight, self.progress.log
+        )
+        self.readout, self.val_probs = fitted.readout, fitted.val_probs
         seconds = time.perf_counter() - started
         self.report = TrainReport(
             epochs=records,
@@ -283,9 +274,9 @@ class Trainer(resume.KeepsState):
             prefix_cache="kept across epochs"
             if self.prefixes.kept
             else ("per batch" if self.uses_cache else "off"),
-            temperature=temperature,
+            temperature=fitted.temperature,
             val_ece=expected_calibration_error(*top_label(self.val_probs, self.val_gold)),
-            lexical=lexical,
+            lexical=fitted.lexical,
         )
         return self.report
 
@@ -326,15 +317,6 @@ class Trainer(resume.KeepsState):
         loss_sum, tokens = all_sum([loss_sum, token_sum], shard)
         return loss_sum, int(tokens)
 
-    def _fit_readout(self, loglik: torch.Tensor, temperature: float) -> tuple[Readout, Readout]:
-        """The held-out readout and the one kept (readout.fit_readouts), unless lexical_weight is 0."""
-        weight = self.recipe.lexical_weight
-        pairs = tuple([(lexical_text(e.item, e.requirement), e.label) for e in split] for split in (self.train_examples, self.val_examples))  # fmt: skip
-        held_out, kept = fit_readouts(loglik, temperature, pairs, self.fmt.labels, weight)
-        if weight > 0 and not kept.mixes:
-            self.progress.log("No lexical model (a label has no training example): the adapter scores alone.")
-        return held_out, kept
-
     def _weights_finite(self) -> bool:
         """Cheap: one fused max-abs per tensor (as clip_grad_norm_ fuses), NaN or inf if any weight is."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -343,7 +325,8 @@ class Trainer(resume.KeepsState):
     def _diverged(self, what: str) -> TrainingDiverged:
         return TrainingDiverged(
             f"Training diverged: {what}. Nothing was saved; any earlier adapter at {self.config.outfile} "
-            f"is untouched. Try a lower --learning-rate than {self.recipe.learning_rate:g}."
+            f"is untouched. Try a lower learning_rate than {self.recipe.learning_rate:g}.",
+            option="learning_rate",
         )
 
     @torch.no_grad()
@@ -362,77 +345,27 @@ class Trainer(resume.KeepsState):
                 ll = scoring.full_loglik(self.peft, self.fmt, [self.val_enc[k].prefix for k in keys])
             rows.append(ll.float().cpu())
         loglik = gather_rows(torch.cat(rows), mine, len(self.val_enc), self.shard)
-        return (*self._judge(loglik), loglik)
-
-    def _judge(self, loglik: torch.Tensor) -> tuple[Metrics, float]:
-        """Metrics and loss per label token of the [N_val, K] validation log-likelihoods."""
-        preds: list[str] = []
-        nll, tokens = 0.0, 0
-        for row, e in zip(loglik, self.val_enc, strict=True):
-            nll -= float(row[self.fmt.labels.index(e.label)])
-            tokens += len(self.fmt.label_ids[e.label])
-            preds.append(self.fmt.labels[int(row.argmax())])
-        metrics = classification_metrics([e.label for e in self.val_enc], preds, self.fmt.labels)
-        return metrics, nll / max(tokens, 1)
+        return (*judge(loglik, self.val_enc, self.fmt), loglik)
 
     @property
     def val_gold(self) -> list[int]:
         return [self.fmt.labels.index(e.label) for e in self.val_enc]
 
     # ----- save --------------------------------------------------------------------------------------
-    def info(self) -> AdapterInfo:
-        from validora import __version__
-
-        report = self.report
-        return AdapterInfo(
-            adapter_type=self.recipe.adapter,
-            base_model=self.spec.name,
-            labels=self.labels,
-            prompt=self.fmt.describe(),
-            requirements=any(e.requirement for e in (*self.train_examples, *self.val_examples)),
-            training={
-                **self.config.to_dict(),
-                "epochs": self.epochs,  # resolved, when the config left it to the data size
-                "n_train": report.n_train,
-                "n_val": report.n_val,
-            },
-            metrics={
-                "best_epoch": report.best_epoch,
-                "val_accuracy": report.metrics.accuracy,
-                "val_macro_f1": report.metrics.macro_f1,
-                "chance_accuracy": report.metrics.chance_accuracy,
-                "val_ece": report.val_ece,
-            },
-            temperature=report.temperature,
-            lexical=self.readout.describe(),
-            validora_version=__version__,
-        )
-
     def save(self, outfile: str | Path | None = None) -> Path:
         """Write the complete adapter directory; the target changes only when everything is written."""
-        from validora.adapter import card
-        from validora.core import plots
-
         target = Path(outfile or self.config.outfile)
         if not self.accelerator.is_main_process:
             return target
-        info = self.info()
+        info = adapter_info(
+            self.config, epochs=self.epochs, base_model=self.spec.name, fmt=self.fmt, report=self.report,
+            requirements=any(e.requirement for e in (*self.train_examples, *self.val_examples)),
+            readout=self.readout,
+        )  # fmt: skip
         with staged_directory(target, overwrite=self.config.overwrite) as staging:
-            self.peft.save_pretrained(str(staging), safe_serialization=True)
-            if info.lexical is not None and self.readout.lexical is not None:
-                self.readout.lexical.save(staging / LEXICAL_FILE)
-            (staging / "validora.json").write_text(info.to_json(), encoding="utf-8")
-            write_json(staging / "metrics.json", self.report.to_dict())
-            plots.training_curves(self.report, staging / "training_curves.png")
-            plots.confusion_matrix(self.report.metrics, staging / "confusion_matrix.png")
-            plots.reliability_diagram(
-                self.val_probs, self.val_gold, staging / RELIABILITY_FILE,
-                title=f"Validation reliability (temperature {self.report.temperature:.3g})",
-            )  # fmt: skip
-            (staging / "README.md").write_text(card.model_card(info, self.report.to_dict()), encoding="utf-8")
+            write_adapter(staging, self.peft, info, self.report, self.readout, self.val_probs, self.val_gold)
         self.report.outfile = str(target)
-        if self.state_file is not None:  # the run is complete: nothing to resume
-            resume.remove_state(self.state_file)
+        self.checkpointer.finish()  # the run is complete: nothing to resume
         return target
 
 
