@@ -8,20 +8,19 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, out
 
 
 @handles_errors
 def export(
-    adapter: Annotated[
-        str, typer.Argument(help="Adapter directory written by `m alora train`, or a hub id.")
-    ],
+    adapter: options.AdapterRef,
     outfile: Annotated[Path, typer.Option(help="The .gguf file to write.")],
     basemodel: Annotated[
         str | None,
-        typer.Option(help="Override the adapter's base model (its architecture decides the layout)."),
+        options.basemodel("Override the adapter's base model (its architecture decides the layout)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTFILE.")] = False,
+    overwrite: Annotated[bool, options.overwrite("Replace an existing OUTFILE.", negatable=False)] = False,
     same_as_converter: Annotated[
         bool,
         typer.Option(

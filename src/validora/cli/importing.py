@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, out
 
 
@@ -36,8 +37,8 @@ def import_adapter(
     ] = None,
     basemodel: Annotated[
         str | None,
-        typer.Option(
-            help="Base model id or directory. Default: base_model_name_or_path of adapter_config.json."
+        options.basemodel(
+            "Base model id or directory. Default: base_model_name_or_path of adapter_config.json."
         ),
     ] = None,
     outfile: Annotated[
@@ -46,8 +47,8 @@ def import_adapter(
     ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(
-            help="Allow adding validora.json to DIR in place, or replacing an adapter at --outfile."
+        options.overwrite(
+            "Allow adding validora.json to DIR in place, or replacing an adapter at --outfile."
         ),
     ] = False,
     requirements: Annotated[
@@ -58,7 +59,7 @@ def import_adapter(
         ),
     ] = False,
     max_length: Annotated[
-        int, typer.Option(min=8, help="Token limit per prompt; longer texts lose their beginning.")
+        int, options.max_length("Token limit per prompt; longer texts lose their beginning.", min=8)
     ] = 1024,
 ) -> None:
     """Import an adapter trained elsewhere: check it against its base model's tokenizer, write validora.json.

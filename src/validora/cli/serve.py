@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ def serve(
         int | None, typer.Option(help="CPU threads for llama-server (default: its own choice).")
     ] = None,
     basemodel: Annotated[
-        str | None,
-        typer.Option(help="A GGUF file of the adapters' base model, when theirs is not one."),
+        str | None, options.basemodel("A GGUF file of the adapters' base model, when theirs is not one.")
     ] = None,
 ) -> None:
     """Serve adapters on llama-server (built once if missing) until Ctrl-C; each request picks one."""

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, out
 from validora.errors import ConfigError
 
 
 @handles_errors
 def upload(
-    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
+    adapter: options.AdapterDir,
     name: Annotated[str, typer.Option("--name", help="Repository id, ORG/NAME or USER/NAME.")],
     private: Annotated[
         bool, typer.Option("--private/--public", help="Visibility of a repository this creates.")
@@ -70,7 +71,7 @@ def upload(
 
 @handles_errors
 def io_yaml(
-    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")],
+    adapter: options.AdapterDir,
 ) -> None:
     """Print a correct io.yaml for an adapter (m alora io-yaml ADAPTER > io.yaml)."""
     from validora.adapter import ioyaml
