@@ -86,7 +86,8 @@ def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list
 
 
 # Keys whose values are model or file locations, wherever they sit in validora.json, adapter_config.json
-# and metrics.json; each is published through names.public_name().
+# and metrics.json; each is published through names.public_name(). validora.json's "training" block no
+# longer records basemodel, datafile, outfile or promptfile, but adapters trained before it stopped do.
 SCRUBBED_FILES = (INFO_FILE, CONFIG_FILE, "metrics.json")
 PATH_KEYS = frozenset(
     {"base_model", "basemodel", "base_model_name_or_path", "datafile", "outfile", "promptfile"}
