@@ -117,7 +117,7 @@ class LlamaCppBackend:
         return [e for e in listed if isinstance(e, dict)]
 
     # ----- adapters ------------------------------------------------------------------------------------
-    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> None:
+    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> LoadedAdapter:
         """Find `adapter` among those the server serves (by the digest its export carries) and check that
         the server starts it where training did."""
         self._registry.check_base_model(adapter)
