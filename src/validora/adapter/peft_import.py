@@ -177,16 +177,22 @@ def check_invocation(fmt: PromptFormat, stored: list[int], *, given: bool) -> No
     if fmt.invocation_ids == list(stored):
         return
     decoded = fmt.tokenizer.decode(stored)
-    how = "given with --invocation-prompt" if given else "derived from the base model's chat template"
+    how = "given" if given else "derived from the base model's chat template"
     again = list(fmt.tokenizer(decoded, add_special_tokens=False)["input_ids"]) == list(stored)
-    fix = (
-        f"If the adapter was trained with that text, import it with --invocation-prompt {json.dumps(decoded)}."
-        if again
-        else "That text does not encode back to the same ids with this tokenizer: check --basemodel."
+    mismatch = (
+        f"the invocation prompt {how} is {json.dumps(fmt.invocation_prompt)} (ids {fmt.invocation_ids})"
     )
+    if again:
+        raise ConfigError(
+            f"invocation_prompt {json.dumps(decoded)} is what the adapter's alora_invocation_tokens {stored} "
+            f"decode to, but {mismatch}. If the adapter was trained with that text, import it with that "
+            "invocation prompt.",
+            option="invocation_prompt",
+        )
     raise ConfigError(
-        f"The adapter's alora_invocation_tokens {stored} decode to {json.dumps(decoded)}, but the "
-        f"invocation prompt {how} is {json.dumps(fmt.invocation_prompt)} (ids {fmt.invocation_ids}). {fix}"
+        f"basemodel may not be the adapter's: its alora_invocation_tokens {stored} decode to "
+        f"{json.dumps(decoded)}, which does not encode back to the same ids with this tokenizer, and {mismatch}.",
+        option="basemodel",
     )
 
 

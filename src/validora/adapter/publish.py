@@ -180,8 +180,14 @@ def build(
     info = AdapterInfo.read(directory)
     kind = adapter_kind(directory, info)
     pickles, data = refused_files(directory, allow_data=allow_data)
-    if pickles or data:
-        hint = " or pass --allow-data if the data may be published" if data else ""
+    if data and not pickles:
+        raise HubError(
+            "allow_data is needed, if the data may be published; refusing to upload:\n  " + "\n  ".join(data)
+            + "\nOr remove them from the adapter directory. Nothing was sent.",
+            option="allow_data",
+        )  # fmt: skip
+    if pickles:
+        hint = " (the data files may stay with allow_data, if the data may be published)" if data else ""
         raise HubError(
             "Refusing to upload:\n  " + "\n  ".join(pickles + data)
             + f"\nRemove them from the adapter directory{hint}. Nothing was sent."
