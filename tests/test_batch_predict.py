@@ -128,7 +128,7 @@ def test_another_input_or_adapter_is_refused_and_nothing_changes(
     other = write_jsonl(tmp_path / "other.jsonl", NOTES[::-1])
     with pytest.raises(ConfigError, match="holds results for a different input") as exc:
         run(validator, other, out)
-    assert exc.value.exit_code == 2 and "--overwrite" in str(exc.value)
+    assert exc.value.exit_code == 2 and "overwrite=True" in str(exc.value)
     recalibrated = tmp_path / "recalibrated"
     shutil.copytree(trained_adapter, recalibrated)
     info = json.loads((recalibrated / "validora.json").read_text())

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,22 +15,49 @@ from rich.markup import escape
 from rich.table import Table
 
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
-from validora.errors import ConfigError
+from validora.errors import ConfigError, ValidoraError
 
 if TYPE_CHECKING:
-    from validora.programs.batch import Scorer
+    from validora.programs.batch import Engine
+
+# Library messages name settings as a Python caller passes them; this command shows its flags instead.
+_AS_FLAGS = (
+    ('fmt="jsonl"', "--format jsonl"),
+    ('fmt="text"', "--format text"),
+    ("overwrite=True", "--overwrite"),
+    ("another output", "another --output"),
+    ('(engine="in-process")', "(without --server)"),
+    ('(engine="llama-server")', "(--server)"),
+    ("(same engine)", "(with or without --server)"),
+)
+
+
+@contextmanager
+def _flags_in_messages() -> Iterator[None]:
+    try:
+        yield
+    except ValidoraError as exc:
+        text = str(exc)
+        for python, flag in _AS_FLAGS:
+            text = text.replace(python, flag)
+        exc.args = (text,)
+        raise
+
+
+def _stdin_bytes() -> bytes:
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
 
 
 def _read_texts(path: Path, fmt: str) -> list[tuple[str, str | None]]:
     """(text, its requirement) from --file: JSONL ("item", optional "requirement") or one text per line."""
     from validora.core.data import load_texts
 
-    if str(path) == "-":
-        stdin = getattr(sys.stdin, "buffer", None)
-        raw = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8")
-        examples = load_texts("-", raw, fmt=fmt)
-    else:
-        examples = load_texts(path, fmt=fmt)
+    if str(path) != "-" and not path.exists():
+        raise ConfigError(f"--file {path} does not exist.")
+    if path.is_dir():
+        raise ConfigError(f"--file {path} is a directory; give a text or JSONL file.")
+    examples = load_texts("-", _stdin_bytes(), fmt=fmt) if str(path) == "-" else load_texts(path, fmt=fmt)
     return [(e.item, e.requirement) for e in examples]
 
 
@@ -102,50 +130,25 @@ def predict(
     ] = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
+    from validora.programs.batch import Engine
+
     if server is None and concurrency != 1:
         raise ConfigError("--concurrency goes with --server (in-process scoring batches instead).")
     if server is not None and device != "auto":
         raise ConfigError("--device chooses where the model runs here; with --server the server computes.")
-    if output is not None or overwrite:
-        _predict_to_file(
-            adapter,
-            texts,
-            file,
-            output,
-            overwrite,
-            text_format,
-            requirement,
-            basemodel,
-            device,
-            batch_size,
-            revision,
-            server,
-            concurrency,
-        )
-        return
-    pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
-    if file is not None:
-        if str(file) != "-" and not file.exists():
-            raise ConfigError(f"--file {file} does not exist.")
-        if file.is_dir():
-            raise ConfigError(f"--file {file} is a directory; give a text or JSONL file.")
-        pairs += _read_texts(file, text_format)
-    items = [text for text, _ in pairs]
-    if not items:
-        raise ConfigError("Nothing to classify: give texts as arguments or --file.")
-    reqs = [r if r is not None else requirement for _, r in pairs]
-    if server is not None:
-        from validora.adapter.loading import resolve_adapter_dir
-        from validora.programs.batch import ServerScorer
-
-        directory = resolve_adapter_dir(adapter, revision=revision)[0]
-        with ServerScorer(server, directory, basemodel=basemodel, concurrency=concurrency) as scorer:
-            results = scorer(items, reqs)
-    else:
-        from validora.backends.validator import load_validator
-
-        validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
-        results = validator.predict(items, requirements=reqs, batch_size=batch_size)
+    engine = Engine(adapter, server=server, basemodel=basemodel, device=device, revision=revision,
+                    batch_size=batch_size, concurrency=concurrency)  # fmt: skip
+    with _flags_in_messages():
+        if output is not None or overwrite:
+            _predict_to_file(engine, texts, file, output, overwrite, text_format, requirement)
+            return
+        pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
+        if file is not None:
+            pairs += _read_texts(file, text_format)
+        items = [text for text, _ in pairs]
+        if not items:
+            raise ConfigError("Nothing to classify: give texts as arguments or --file.")
+        results = engine.predict(items, [r for _, r in pairs], requirement)
     if jsonl:
         for text, r in zip(items, results, strict=True):
             out.print(
@@ -167,26 +170,18 @@ def predict(
 
 
 def _predict_to_file(
-    adapter: str,
+    engine: Engine,
     texts: list[str] | None,
     file: Path | None,
     output: Path | None,
     overwrite: bool,
     text_format: str,
     requirement: str | None,
-    basemodel: str | None,
-    device: str,
-    batch_size: int,
-    revision: str | None,
-    server: str | None,
-    concurrency: int,
 ) -> None:
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from validora.adapter.loading import resolve_adapter_dir
     from validora.errors import LlamaCppError
-    from validora.programs.batch import ServerScorer, plan_batch
 
     if output is None:
         raise ConfigError("--overwrite goes with --output.")
@@ -194,30 +189,11 @@ def _predict_to_file(
         raise ConfigError(
             "--output writes the results of --file; give the texts in a file, not as arguments."
         )
-    stdin = None
-    if str(file) == "-":
-        buffer = getattr(sys.stdin, "buffer", None)
-        stdin = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
-    directory = resolve_adapter_dir(adapter, revision=revision)[0]
-    job = plan_batch(  # bad input and a mismatched --output are refused before the model loads
-        file,
-        output,
-        adapter=directory,
-        settings={"basemodel": basemodel} if basemodel else None,
-        requirement=requirement,
-        fmt=text_format,
-        batch_size=max(batch_size, concurrency),  # a batch's texts are what is in flight at once
-        overwrite=overwrite,
-        stdin=stdin,
-        engine="llama-server" if server else "in-process",
+    stdin = _stdin_bytes() if str(file) == "-" else None
+    job = engine.plan(  # bad input and a mismatched --output are refused before the model loads
+        file, output, requirement=requirement, fmt=text_format, overwrite=overwrite, stdin=stdin
     )
     sigterm_as_interrupt()  # `kill` leaves complete lines, like Ctrl-C
-    # A server that is not there or lacks the adapter fails here, before the output is touched.
-    score = (
-        ServerScorer(server, directory, basemodel=basemodel, concurrency=concurrency)
-        if server
-        else _in_process(adapter, basemodel, device, revision, batch_size)
-    )
     bar = Progress(
         TextColumn("scoring"),
         BarColumn(),
@@ -238,29 +214,29 @@ def _predict_to_file(
     def kept() -> str:
         return f"{state['done']} of {state['total'] or '?'} results are in {escape(str(output))}"
 
-    try:
-        run = job.run(score, progress)
-    except KeyboardInterrupt:
-        bar.stop()
-        console.print(
-            f"[yellow]Interrupted.[/] {kept()}; run the same command again to resume.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    except LlamaCppError as exc:  # the server went away or failed mid-run: what is done stays
-        bar.stop()
-        console.print(
-            f"[bold red]Error:[/] {escape(str(exc))}\n{kept()}; once a llama-server serves the adapter "
-            "again, run the same command (any --server URL) to resume.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
-    finally:
-        bar.stop()
-        if isinstance(score, ServerScorer):
-            score.close()
+    # A server that is not there or lacks the adapter fails here, before the output is touched.
+    with engine.open() as score:
+        try:
+            run = job.run(score, progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(
+                f"[yellow]Interrupted.[/] {kept()}; run the same command again to resume.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+        except LlamaCppError as exc:  # the server went away or failed mid-run: what is done stays
+            bar.stop()
+            console.print(
+                f"[bold red]Error:[/] {escape(str(exc))}\n{kept()}; once a llama-server serves the adapter "
+                "again, run the same command (any --server URL) to resume.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+        finally:
+            bar.stop()
     if run.dropped_partial:
         console.print(
             "Dropped an incomplete last line left by an interrupted run; it was scored again.", soft_wrap=True
@@ -269,16 +245,3 @@ def _predict_to_file(
     console.print(
         f"{run.total} results in {escape(str(run.output))}{resumed}.", highlight=False, soft_wrap=True
     )
-
-
-def _in_process(
-    adapter: str, basemodel: str | None, device: str, revision: str | None, batch_size: int
-) -> Scorer:
-    from validora.backends.validator import load_validator
-
-    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
-
-    def score(items: Sequence[str], reqs: Sequence[str | None]) -> list:
-        return validator.predict(items, requirements=reqs, batch_size=batch_size)
-
-    return score

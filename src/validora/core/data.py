@@ -1,14 +1,18 @@
-"""Labeled JSONL: loading with line-numbered errors, and a seeded stratified split."""
+"""Every input file: labeled JSONL (line-numbered errors, a seeded stratified split) and texts to classify
+(JSONL or one text per line, read at once or streamed for batch prediction, with one format rule)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from validora.errors import DataError, LineProblem
 
@@ -126,44 +130,117 @@ def load_jsonl(path: str | Path, *, labeled: bool = True, max_reported: int = MA
     return parse_jsonl(_read(path), path, labeled=labeled, max_reported=max_reported)
 
 
-def _is_item_object(text: str) -> bool:
+def _is_item_object(line: bytes) -> bool:
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
+        obj = json.loads(line.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
     return isinstance(obj, dict) and "item" in obj
+
+
+def check_format(fmt: str) -> None:
+    """Refuse a format name other than auto, jsonl or text."""
+    if fmt not in TEXT_FORMATS:
+        raise DataError(f"fmt must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.", option="fmt")
+
+
+def resolve_format(fmt: str, source: str | Path, raw: bytes = b"") -> str:
+    """How to read texts to classify from `source` ("-": stdin, whose bytes are `raw`): "jsonl" or "text".
+
+    fmt "auto": a `.jsonl` suffix (any case) means JSONL, another file means plain text, and stdin is
+    JSONL when every non-blank line is a JSON object with "item" (plain text when none is; a mix is
+    refused). One rule for `load_texts` and for batch prediction to a file.
+    """
+    check_format(fmt)
+    if fmt != "auto":
+        return fmt
+    if str(source) != "-":
+        return "jsonl" if Path(source).suffix.lower() == ".jsonl" else "text"
+    lines = [(n, line) for n, line in enumerate(raw.removeprefix(BOM).split(b"\n"), 1) if line.strip()]
+    jsonish = [n for n, line in lines if _is_item_object(line)]
+    if jsonish and len(jsonish) != len(lines):
+        raise DataError(
+            f"<stdin> mixes JSONL lines (for example line {jsonish[0]}) with plain text; "
+            'pass fmt="jsonl" or fmt="text".'
+        )
+    return "jsonl" if jsonish else "text"
 
 
 def load_texts(source: str | Path, raw: bytes | None = None, *, fmt: str = "auto") -> list[Example]:
     """Texts to classify (label ""), from JSONL ("item", optional "requirement") or one text per line.
 
-    `raw` holds the bytes when they do not come from the file `source` (stdin: source "-").
-    fmt "auto": a `.jsonl` suffix (any case) means JSONL, another file means plain text, and stdin is
-    JSONL when every non-blank line is a JSON object with "item" (plain text when none is; a mix is refused).
+    `raw` holds the bytes when they do not come from the file `source` (stdin: source "-"); the format
+    is `resolve_format`'s.
     """
-    if fmt not in TEXT_FORMATS:
-        raise DataError(f"fmt must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.", option="fmt")
+    check_format(fmt)
     stdin = str(source) == "-"
     name = "<stdin>" if stdin else source
     if raw is None:
         raw = _read(Path(source))
-    if fmt == "auto" and not stdin:
-        fmt = "jsonl" if Path(source).suffix.lower() == ".jsonl" else "text"
-    if fmt == "jsonl":
+    sniffed = stdin and fmt == "auto"
+    if not sniffed and resolve_format(fmt, source) == "jsonl":
         return parse_jsonl(raw, name, labeled=False)
     problems: list[LineProblem] = []
     lines = _decode_lines(raw.removeprefix(BOM), name, problems)
-    _raise_problems(name, problems, MAX_REPORTED)
-    if fmt == "auto":  # stdin
-        jsonish = [number for number, text in lines if _is_item_object(text)]
-        if lines and len(jsonish) == len(lines):
-            return parse_jsonl(raw, name, labeled=False)
-        if jsonish:
-            raise DataError(
-                f"{name} mixes JSONL lines (for example line {jsonish[0]}) with plain text; "
-                "pass --format jsonl or --format text."
-            )
+    _raise_problems(name, problems, MAX_REPORTED)  # stdin: a line that is not UTF-8 is reported first
+    if sniffed and resolve_format(fmt, source, raw) == "jsonl":
+        return parse_jsonl(raw, name, labeled=False)
     return [Example(text, "", None, number) for number, text in lines]
+
+
+def _open_bytes(source: Path | bytes) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+
+
+def _parse_text_line(number: int, raw: bytes, jsonl: bool) -> tuple[Example | None, str | None, set[str]]:
+    """One streamed line (its bytes, newline included): (example, problem, unknown keys)."""
+    if number == 1 and raw.startswith(BOM):
+        if jsonl:
+            return None, "file starts with a UTF-8 byte-order mark (BOM); save it without one", set()
+        raw = raw[len(BOM) :]
+    try:
+        text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8", set()
+    if not jsonl:
+        return Example(text, "", None, number), None, set()
+    example, problem, extra = check_line(text, labeled=False)
+    if example is None:
+        return None, problem, extra
+    return Example(example.item, "", example.requirement, number), None, extra
+
+
+def stream_texts(source: Path | bytes, name: str, jsonl: bool) -> Iterator[Example]:
+    """The input's texts, read line by line (a bad line here means the file changed since the scan)."""
+    with _open_bytes(source) as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                example, problem, _ = _parse_text_line(number, raw, jsonl)
+                if example is None:
+                    raise DataError(f"{name}:{number}: {problem} (did the file change during the run?)")
+                yield example
+
+
+def scan_input(source: Path | bytes, name: str, jsonl: bool) -> tuple[str, int]:
+    """(sha256 of the bytes, number of texts), reading once; every bad line is reported before any scoring."""
+    digest, count, problems, unknown = hashlib.sha256(), 0, [], set()
+    with _open_bytes(source) as f:
+        for number, raw in enumerate(f, start=1):
+            digest.update(raw)
+            if not raw.strip():
+                continue
+            example, problem, extra = _parse_text_line(number, raw, jsonl)
+            if example is None:
+                problems.append(LineProblem(Path(name), number, problem or "unreadable"))
+            count += 1
+            unknown |= extra
+    _raise_problems(name, problems, MAX_REPORTED)
+    if not count:
+        raise DataError(f"{name} holds no texts to classify.")
+    if unknown:
+        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
+        warnings.warn(f"{name}: ignoring unknown field(s) {keys}", stacklevel=3)
+    return digest.hexdigest(), count
 
 
 def labels_of(examples: Sequence[Example]) -> list[str]:

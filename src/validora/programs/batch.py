@@ -11,24 +11,24 @@ server moved to another port serves the same adapter, found by its digest), only
 
 from __future__ import annotations
 
-import hashlib
-import io
+import functools
 import json
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 from validora.adapter.layouts import adapter_digest
 from validora.adapter.loading import CustomIntrinsicAdapter
 from validora.adapter.schema import AdapterInfo
 from validora.backends.validator import check_batch_size
-from validora.core.data import BOM, MAX_REPORTED, TEXT_FORMATS, Example, check_line
+from validora.core.data import Example, resolve_format, scan_input, stream_texts
 from validora.errors import ConfigError, DataError, LineProblem
 from validora.score.readout import LabelScores
 
@@ -59,90 +59,6 @@ def result_row(example: Example, scores: LabelScores) -> str:
     """One output line: the input line number, then what `predict --jsonl` prints."""
     row = {"line": example.line, "item": example.item, "label": scores.label, "probs": scores.probs}
     return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def _open(source: Path | bytes) -> BinaryIO:
-    return io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
-
-
-def _parse(number: int, raw: bytes, jsonl: bool) -> tuple[Example | None, str | None, set[str]]:
-    if number == 1 and raw.startswith(BOM):
-        if jsonl:
-            return None, "file starts with a UTF-8 byte-order mark (BOM); save it without one", set()
-        raw = raw[len(BOM) :]
-    try:
-        text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
-    except UnicodeDecodeError as exc:
-        return None, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8", set()
-    if not jsonl:
-        return Example(text, "", None, number), None, set()
-    example, problem, extra = check_line(text, labeled=False)
-    if example is None:
-        return None, problem, extra
-    return Example(example.item, "", example.requirement, number), None, extra
-
-
-def _examples(source: Path | bytes, name: str, jsonl: bool) -> Iterator[Example]:
-    """The input's texts, read line by line (a bad line here means the file changed since the scan)."""
-    with _open(source) as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                example, problem, _ = _parse(number, raw, jsonl)
-                if example is None:
-                    raise DataError(f"{name}:{number}: {problem} (did the file change during the run?)")
-                yield example
-
-
-def _is_item_object(raw: bytes) -> bool:
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(obj, dict) and "item" in obj
-
-
-def _resolve_format(source: Path | bytes, name: str, fmt: str) -> str:
-    """fmt "auto": a .jsonl suffix means JSONL; stdin is JSONL when every non-blank line is an item object."""
-    if fmt not in TEXT_FORMATS:
-        raise DataError(f"fmt must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}.", option="fmt")
-    if fmt != "auto":
-        return fmt
-    if isinstance(source, Path):
-        return "jsonl" if source.suffix.lower() == ".jsonl" else "text"
-    lines = [(n, raw) for n, raw in enumerate(source.removeprefix(BOM).split(b"\n"), 1) if raw.strip()]
-    jsonish = [n for n, raw in lines if _is_item_object(raw)]
-    if jsonish and len(jsonish) != len(lines):
-        raise DataError(
-            f"{name} mixes JSONL lines (for example line {jsonish[0]}) with plain text; "
-            "pass --format jsonl or --format text."
-        )
-    return "jsonl" if lines and jsonish else "text"
-
-
-def scan_input(source: Path | bytes, name: str, jsonl: bool) -> tuple[str, int]:
-    """(sha256 of the bytes, number of texts), reading once; every bad line is reported before any scoring."""
-    digest, count, problems, unknown = hashlib.sha256(), 0, [], set()
-    with _open(source) as f:
-        for number, raw in enumerate(f, start=1):
-            digest.update(raw)
-            if not raw.strip():
-                continue
-            example, problem, extra = _parse(number, raw, jsonl)
-            if example is None:
-                problems.append(LineProblem(Path(name), number, problem or "unreadable"))
-            count += 1
-            unknown |= extra
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        raise DataError(
-            f"{name}: {len(problems)} bad line(s); nothing was written.", shown, len(problems) - len(shown)
-        )
-    if not count:
-        raise DataError(f"{name} holds no texts to classify.")
-    if unknown:
-        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
-        warnings.warn(f"{name}: ignoring unknown field(s) {keys}", stacklevel=3)
-    return digest.hexdigest(), count
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
@@ -185,7 +101,7 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
                 f"{output} holds results scored {_ENGINE_WORDS.get(_matched(old, key), '?')}, and this run "
                 f"scores {_ENGINE_WORDS[new[key]]}; their probabilities differ slightly (Q4_1 weights in "
                 "llama.cpp, fp32 in PyTorch), so one file does not mix them. Rerun as the file was started "
-                "(with or without --server)."
+                "(same engine)."
             )
         elif key == "settings":
             what = f"other settings ({old.get(key)}; this run has {new[key]})"
@@ -195,7 +111,10 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
     return None
 
 
-_ENGINE_WORDS = {"in-process": "in-process (without --server)", "llama-server": "by llama-server (--server)"}
+_ENGINE_WORDS = {
+    "in-process": 'in-process (engine="in-process")',
+    "llama-server": 'by llama-server (engine="llama-server")',
+}
 
 
 def _matched(meta: Mapping[str, Any], key: str) -> Any:
@@ -221,13 +140,13 @@ def _done_prefix(output: Path, examples: Iterator[Example]) -> tuple[int, int, b
                 want = f"the result for input line {expected.line}" if expected else "no more lines"
                 raise DataError(
                     f"{output} does not continue as this input: line {done + 1} should hold {want}. "
-                    "Nothing was changed; use --overwrite to start over.",
+                    "Nothing was changed; use overwrite=True to start over.",
                     [LineProblem(output, done + 1, "unexpected line")],
                 )
             if row.get("item") != expected.item:
                 raise DataError(
                     f"{output} line {done + 1} holds a different text than input line {expected.line}. "
-                    "Nothing was changed; use --overwrite to start over."
+                    "Nothing was changed; use overwrite=True to start over."
                 )
             done, keep = done + 1, keep + len(raw)
     return done, keep, False
@@ -326,7 +245,7 @@ def plan_batch(
         raise ConfigError(f"output {output} must be a file in an existing directory.", option="output")
     if isinstance(data, Path) and output.exists() and output.samefile(data):
         raise ConfigError(f"output {output} is the input file; write the results elsewhere.", option="output")
-    resolved = _resolve_format(data, name, fmt)
+    resolved = resolve_format(fmt, "-" if is_stdin else data, stdin or b"")
     jsonl = resolved == "jsonl"
     sha, total = scan_input(data, name, jsonl)
     meta = {
@@ -341,7 +260,7 @@ def plan_batch(
         "settings": dict(settings or {}),
         "engine": engine,
     }
-    examples = _examples(data, name, jsonl)
+    examples = stream_texts(data, name, jsonl)
     job = BatchJob(output, meta, total, 0, None, False, requirement, batch_size, examples)
     if overwrite:
         return job
@@ -349,7 +268,7 @@ def plan_batch(
     if meta_file.exists() and old is None:
         raise ConfigError(
             f"output {output}: its sidecar {meta_file.name} exists and was not written by validora; "
-            "move it, or pass --overwrite.",
+            "move it, or pass overwrite=True.",
             option="output",
         )
     if not output.exists():
@@ -357,13 +276,13 @@ def plan_batch(
     if old is None:
         raise ConfigError(
             f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
-            "resumed; choose another --output, or pass --overwrite to replace it.",
+            "resumed; choose another output, or pass overwrite=True to replace it.",
             option="output",
         )
     why = _mismatch(output, old, meta)
     if why:
         raise ConfigError(
-            f"output {why} Nothing was changed; choose another --output, or pass --overwrite to start over.",
+            f"output {why} Nothing was changed; choose another output, or pass overwrite=True to start over.",
             option="output",
         )
     job.skipped, job.keep, job.partial = _done_prefix(output, examples)
@@ -381,6 +300,75 @@ def predict_file(
     """Score every text of `source` into `output` (JSONL, input order), resuming an interrupted run:
     `plan_batch(source, output, **options).run(score, progress)`."""
     return plan_batch(source, output, **options).run(score, progress)
+
+
+@dataclass
+class Engine:
+    """What scores texts for `m alora predict`, and with which settings: the model loaded here
+    ("in-process") or a running llama-server (`server`). One place for the choices made for texts given
+    at once and for a resumable results file."""
+
+    adapter: str  # a directory or a hub id
+    server: str | None = None
+    basemodel: str | None = None
+    device: str = "auto"
+    revision: str | None = None
+    batch_size: int = 8
+    concurrency: int = 1
+
+    @property
+    def name(self) -> str:
+        return "llama-server" if self.server else "in-process"
+
+    @functools.cached_property
+    def directory(self) -> Path:
+        """The adapter's directory (a hub id is downloaded once)."""
+        from validora.adapter.loading import resolve_adapter_dir
+
+        return resolve_adapter_dir(self.adapter, revision=self.revision)[0]
+
+    def plan(
+        self, source: str | Path, output: str | Path, *, requirement: str | None, fmt: str, overwrite: bool,
+        stdin: bytes | None,
+    ) -> BatchJob:  # fmt: skip
+        """`plan_batch` for this engine: a base-model override is a setting, and a written batch holds
+        the texts in flight at once."""
+        return plan_batch(
+            source,
+            output,
+            adapter=self.directory,
+            settings={"basemodel": self.basemodel} if self.basemodel else None,
+            requirement=requirement,
+            fmt=fmt,
+            batch_size=max(self.batch_size, self.concurrency),
+            overwrite=overwrite,
+            stdin=stdin,
+            engine=self.name,
+        )
+
+    def open(self) -> AbstractContextManager[Scorer]:
+        """The scorer, ready: connected to a server that serves the adapter, or the model loaded here."""
+        if self.server:
+            return ServerScorer(
+                self.server, self.directory, basemodel=self.basemodel, concurrency=self.concurrency
+            )
+        from validora.backends.validator import load_validator
+
+        validator = load_validator(
+            self.adapter, basemodel=self.basemodel, device=self.device, revision=self.revision
+        )
+
+        def score(items: Sequence[str], reqs: Sequence[str | None]) -> list[LabelScores]:
+            return validator.predict(items, requirements=reqs, batch_size=self.batch_size)
+
+        return nullcontext(score)
+
+    def predict(
+        self, texts: Sequence[str], requirements: Sequence[str | None], requirement: str | None = None
+    ) -> list[LabelScores]:
+        """Every text's scores at once; a text without its own requirement is judged on `requirement`."""
+        with self.open() as score:
+            return score(texts, [r if r is not None else requirement for r in requirements])
 
 
 class ServerScorer:
