@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from validora.cli.display import console, handles_errors, metrics_tables, out
 from validora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from validora.core.calibration import Threshold
 
 
 def _beside(plot: Path, kind: str) -> Path:
@@ -93,51 +96,37 @@ def evaluate(
     bins, on the adapter's calibrated probabilities) and, with --label, a threshold for req(threshold=)."""
     plots = _check_options(label, target_precision, target_recall, plot, overwrite)
     from validora.backends.validator import load_validator
-    from validora.core.calibration import pr_curve, scores_ece, threshold_for
     from validora.core.data import load_jsonl
+    from validora.score.evaluation import check_label, evaluation
 
     examples = load_jsonl(datafile)
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
-    if label is not None and label not in validator.fmt.labels:
-        raise ConfigError(f"--label {label!r} is not one of this adapter's labels: {validator.fmt.labels}.")
+    check_label(label, validator.fmt.labels)
     gold = [e.label for e in examples]
     metrics, scores = validator.evaluate(
         [e.item for e in examples], gold, [e.requirement for e in examples], batch_size=batch_size
     )
-    ece = scores_ece(scores, gold)
-    found = None
-    if label is not None:
-        points = [s.probs[label] for s in scores]
-        positive = [g == label for g in gold]
-        found = threshold_for(points, positive, target_precision, target_recall)
+    report = evaluation(
+        metrics, scores, gold, validator.fmt.labels, temperature=validator.info.temperature,
+        lexical=validator.info.lexical, label=label, target_precision=target_precision,
+        target_recall=target_recall,
+    )  # fmt: skip
     if plots:
-        from validora.core import plots
-
-        plots.confusion_matrix(metrics, plots[0], title=datafile.name)
-        label_index = {name: i for i, name in enumerate(validator.fmt.labels)}
-        probs = [[s.probs[name] for name in validator.fmt.labels] for s in scores]
-        plots.reliability_diagram(probs, [label_index[g] for g in gold], plots[1], title=datafile.name)
-        if found is not None:
-            curve = pr_curve(points, positive)
-            plots.precision_recall_curve(curve, plots[2], f"P({label}) on {datafile.name}", found)
+        report.write_plots(plots, title=datafile.name)
     if json_out:
-        data: dict[str, Any] = {**metrics.to_dict(), "ece": ece, "temperature": validator.info.temperature,
-                                "lexical": validator.info.lexical}  # fmt: skip
-        if found is not None:
-            data["threshold"] = found.to_dict(label or "")
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(report.to_dict()))
         return
-    tables = metrics_tables(metrics, f"{adapter} on {datafile}")
-    tables[0].add_row("ECE (10 bins)", f"{ece:.3f}")
-    tables[0].add_row("temperature", f"{validator.info.temperature:.3g}")
-    if (lex := validator.info.lexical) is not None:
+    tables = metrics_tables(report.metrics, f"{adapter} on {datafile}")
+    tables[0].add_row("ECE (10 bins)", f"{report.ece:.3f}")
+    tables[0].add_row("temperature", f"{report.temperature:.3g}")
+    if (lex := report.lexical) is not None:
         tables[0].add_row(
             "lexical model",
             f"{lex.get('kind', '?')}, weight {lex['weight']:g}, mixture temperature {lex['mixture_temperature']:.3g}",
         )
     for table in tables:
         out.print(table)
-    if found is not None:
+    if (found := report.threshold) is not None:
         out.print(_threshold_table(found, label or ""))
         out.print(
             f"In a program: req(..., accept=[{label!r}], threshold={found.threshold!r}) "
@@ -150,7 +139,7 @@ def evaluate(
         console.print(f"Wrote {path}")
 
 
-def _threshold_table(found: Any, label: str) -> Table:
+def _threshold_table(found: Threshold, label: str) -> Table:
     table = Table(title="Threshold", show_header=False)
     table.add_row("label", escape(label))
     table.add_row("target", f"{found.target} ≥ {found.value:g}")

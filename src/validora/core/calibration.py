@@ -3,8 +3,8 @@
 Label probabilities gate generations (`req(..., threshold=)`), so they must mean what they say. A
 fine-tuned adapter is usually over-confident; one temperature T, fitted on the held-out split at the
 end of training, turns its label log-likelihoods into probabilities softmax(loglik / T) whose
-confidence matches accuracy. T never changes which label is most probable. Only the fit needs torch (adapters.py imports this
-module to check a stored temperature, and stays torch-free).
+confidence matches accuracy. T never changes which label is most probable. Only the fit needs torch
+(adapter/schema.py imports this module to check a stored temperature, and stays torch-free).
 """
 
 from __future__ import annotations
