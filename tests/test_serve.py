@@ -69,7 +69,7 @@ def test_serves_the_adapter_at_scale_zero_and_a_request_runs_it(trained_adapter,
         base = top([{"id": 0, "scale": 0}])
         assert top(None) == base  # no "lora" field: the base model alone, not every adapter at scale 1
         assert with_adapter != base
-    assert serving.server.process.poll() is not None and not serving.workdir.exists()
+    assert served.server.process.poll() is not None and not served.workdir.exists()
 
 
 def test_adapters_of_different_base_models_are_refused_before_anything_starts(
