@@ -167,7 +167,7 @@ def test_program_checks_apply_each_adapters_temperature(cold_adapter, hot_adapte
     assert hot.scores.label == cold.scores.label
     # The full path (LoRA adapters take it) applies the temperature too.
     backend._model.set_adapter("hot")
-    fmt = backend._formats["hot"]
+    fmt = backend._registry.get("hot").fmt
     (full,) = score_checks(
         backend._model, output, [Check("hot", fmt, None, Readout(3.0))], alora={"hot": False}
     )

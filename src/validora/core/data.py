@@ -20,6 +20,7 @@ KNOWN_KEYS = frozenset({"item", "label", "requirement"})
 MAX_REPORTED = 20
 TEXT_FORMATS = ("auto", "jsonl", "text")
 BOM = b"\xef\xbb\xbf"
+_BOM_PROBLEM = "file starts with a UTF-8 byte-order mark (BOM); save it without one"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | No
     )
 
 
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8"
+
+
 def _read(path: Path) -> bytes:
     """The file's bytes, or a DataError naming it (missing, a directory, unreadable)."""
     try:
@@ -77,9 +82,7 @@ def _decode_lines(raw: bytes, source: str | Path, problems: list[LineProblem]) -
         try:
             lines.append((number, line.decode("utf-8").removesuffix("\r")))
         except UnicodeDecodeError as exc:
-            problems.append(
-                LineProblem(Path(source), number, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8")
-            )
+            problems.append(LineProblem(Path(source), number, _not_utf8(exc)))
     return lines
 
 
@@ -97,11 +100,7 @@ def parse_jsonl(
     """Examples from JSONL bytes (`source` names them in messages); see `load_jsonl`."""
     problems: list[LineProblem] = []
     if raw.startswith(BOM):
-        problems.append(
-            LineProblem(
-                Path(source), 1, "file starts with a UTF-8 byte-order mark (BOM); save it without one"
-            )
-        )
+        problems.append(LineProblem(Path(source), 1, _BOM_PROBLEM))
         raw = raw[len(BOM) :]
     examples: list[Example] = []
     unknown: Counter[str] = Counter()
@@ -196,12 +195,12 @@ def _parse_text_line(number: int, raw: bytes, jsonl: bool) -> tuple[Example | No
     """One streamed line (its bytes, newline included): (example, problem, unknown keys)."""
     if number == 1 and raw.startswith(BOM):
         if jsonl:
-            return None, "file starts with a UTF-8 byte-order mark (BOM); save it without one", set()
+            return None, _BOM_PROBLEM, set()
         raw = raw[len(BOM) :]
     try:
         text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError as exc:
-        return None, f"not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8", set()
+        return None, _not_utf8(exc), set()
     if not jsonl:
         return Example(text, "", None, number), None, set()
     example, problem, extra = check_line(text, labeled=False)
