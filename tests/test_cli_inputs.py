@@ -80,7 +80,7 @@ def test_cli_error_messages_show_the_option_they_begin_with_as_its_flag(tmp_path
 
 
 def test_validator_refuses_batch_sizes_below_one():
-    validator = Validator(model=None, fmt=None, info=None, path=Path("unused"))  # refused before any use
+    validator = Validator(model=None, adapter=None)  # refused before any use
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match=r"^batch_size must be a whole number of at least 1"):
             validator.predict(["x"], batch_size=bad)

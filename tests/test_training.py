@@ -289,7 +289,7 @@ def test_bad_data_exits_2_names_lines_and_writes_nothing(tmp_path: Path):
 
 
 def test_failure_while_saving_leaves_the_earlier_adapter(fresh_model, tmp_path, monkeypatch):
-    from validora.core import plots
+    from validora.adapter import card
 
     data = write_jsonl(tmp_path / "d.jsonl", engine_rows(3))
     target = tmp_path / "adapter"
@@ -301,7 +301,7 @@ def test_failure_while_saving_leaves_the_earlier_adapter(fresh_model, tmp_path, 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plots, "model_card", explode)
+    monkeypatch.setattr(card, "model_card", explode)  # the last file written
     with pytest.raises(KeyboardInterrupt):
         trainer.save(target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before

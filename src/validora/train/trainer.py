@@ -69,7 +69,6 @@ class Trainer:
         self.recipe: Recipe = config.recipe  # re-exported here with TrainConfig
         self.progress = progress or SilentProgress()
         self.checkpointer = Checkpointer(config, keep=keep_state, resume=resume_state, log=self.progress.log)
-        self.run = RunState()
         self._loaded = loaded
 
     @property
@@ -83,6 +82,7 @@ class Trainer:
         """Each job in its own step, in this order: data, model, optimizer and schedule, prefixes."""
         check_target(Path(self.config.outfile), overwrite=self.config.overwrite)
         self._setup_data()
+        self.run = RunState()  # the loop's bookkeeping: from the first epoch, or as the saved state left it
         saved = self.checkpointer.read()  # before the model loads: another run's state is refused fast
         self._setup_model()
         self._setup_optimizer()
