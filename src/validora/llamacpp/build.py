@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from validora.core import files
 from validora.core.models import cache_dir
 from validora.errors import ConfigError, LlamaCppError, ValidoraError
 from validora.llamacpp.server import supports_alora
@@ -146,15 +147,9 @@ def fetch_sources(say: Callable[[str], None] = _quiet) -> Path:
 @contextlib.contextmanager
 def _build_lock() -> Iterator[None]:
     """One build at a time per cache; a second `make llama-server` waits and then reuses the first."""
-    import fcntl
-
     home().mkdir(parents=True, exist_ok=True)
-    fd = os.open(home() / "build.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with files.file_lock(home() / "build.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def build(*, jobs: int = 1, niceness: int = 19, say: Callable[[str], None] = _quiet) -> Path:

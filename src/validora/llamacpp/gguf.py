@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from validora.adapter.loading import resolve_adapter_dir
 from validora.adapter.saving import recover
 from validora.adapter.schema import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo
-from validora.core.files import private_tempdir
+from validora.core import files
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.errors import AdapterError, ConfigError, ModelError
 from validora.llamacpp.server import served_invocation, served_name
@@ -292,28 +291,21 @@ def _check_outfile(out: Path, *, overwrite: bool) -> Path:
 def _write_atomically(writer: Any, out: Path) -> None:
     """Fill a file in a hidden sibling directory, then rename it over `out` (an earlier file stays whole
     until then); the directory is flock-ed so a concurrent export's recover() leaves it alone."""
-    import fcntl
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = private_tempdir(out, "partial")
-    lock = os.open(staging, os.O_RDONLY)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        tmp = staging / out.name
-        try:
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file(progress=False)
-            writer.close()
-        except OSError as exc:
-            kept = "The earlier file there is kept." if out.exists() else "Nothing was written."
-            raise AdapterError(f"Could not write {out}: {exc}. {kept}") from exc
-        os.replace(tmp, out)
+        with files.staging_directory(out) as staging:
+            tmp = staging / out.name
+            try:
+                writer.write_header_to_file(path=tmp)
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file(progress=False)
+                writer.close()
+            except OSError as exc:
+                kept = "The earlier file there is kept." if out.exists() else "Nothing was written."
+                raise AdapterError(f"Could not write {out}: {exc}. {kept}") from exc
+            os.replace(tmp, out)
     finally:
         with contextlib.suppress(OSError):
             writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        os.close(lock)
 
 
 def serve_hint(adapter_dir: str | Path, outfile: str | Path, *, basemodel: str | None = None) -> str:
