@@ -12,13 +12,13 @@ from typing import Any
 
 from validora.adapter.schema import INFO_FILE, AdapterInfo, pending_recovery
 from validora.core.names import is_path_form, last_component, same_base_model
-from validora.core.prompting import PromptFormat
+from validora.core.prompting import DEFAULT_MAX_LENGTH, PromptFormat
 from validora.errors import AdapterError, HubError
 
 
 def prompt_format(info: AdapterInfo, tokenizer: Any) -> PromptFormat:
     """Rebuild the training-time prompt format, refusing a tokenizer that encodes it differently."""
-    length = int(info.prompt.get("max_length", 1024))
+    length = int(info.prompt.get("max_length", DEFAULT_MAX_LENGTH))
     fmt = PromptFormat(tokenizer, info.labels, invocation_prompt=info.invocation_prompt, max_length=length)
     fmt.check_matches(info.prompt)
     return fmt

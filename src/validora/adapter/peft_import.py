@@ -20,7 +20,7 @@ from validora.adapter.saving import check_target, staged_directory
 from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo
 from validora.core.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
 from validora.core.names import public_name
-from validora.core.prompting import PromptFormat
+from validora.core.prompting import DEFAULT_MAX_LENGTH, PromptFormat
 from validora.errors import AdapterError, ConfigError, ModelError
 
 IO_YAML = "io.yaml"
@@ -218,7 +218,7 @@ def import_adapter(
     outfile: str | Path | None = None,
     overwrite: bool = False,
     requirements: bool = False,
-    max_length: int = 1024,
+    max_length: int = DEFAULT_MAX_LENGTH,
 ) -> Imported:
     """Make `source` (a PEFT LoRA/aLoRA directory) a validora adapter: in place only with `overwrite`,
     else a copy at `outfile`. Every input problem is a ConfigError raised before anything is written."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from validora.core import files
 from validora.core.calibration import positive_number
-from validora.core.prompting import PROMPT_FORMAT_VERSION
+from validora.core.prompting import DEFAULT_MAX_LENGTH, PROMPT_FORMAT_VERSION
 from validora.errors import AdapterError
 
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("prompt.label_ids", isinstance(label_ids, dict) and set(label_ids) == set(labels)
          and all(map(_ids, label_ids.values())), "an object giving each label, and only those, token ids"),
         ("prompt.labels", prompt.get("labels", labels) == labels, "the same list as 'labels'"),
-        ("prompt.max_length", _int(prompt.get("max_length", 1024), 1), "a positive integer"),
+        ("prompt.max_length", _int(prompt.get("max_length", DEFAULT_MAX_LENGTH), 1), "a positive integer"),
         ("prompt.eos_id", prompt.get("eos_id") is None or _int(prompt.get("eos_id")), "a token id"),
         ("training", isinstance(data.get("training", {}), dict), "an object"),
         ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),

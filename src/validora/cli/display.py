@@ -118,7 +118,7 @@ def metrics_tables(metrics: Any, title: str) -> list[Table]:
 def sigterm_as_interrupt() -> None:
     """`kill` gets the same clean exit as Ctrl-C: the earlier adapter stays, the staging directory goes.
 
-    During the final swap of the adapter directory both signals wait until it is done (see adapters.py).
+    During the final swap of the adapter directory both signals wait until it is done (see core/files.py).
     """
     import signal
 

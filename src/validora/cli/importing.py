@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from validora.cli import options
 from validora.cli.display import console, handles_errors, out
+from validora.core.prompting import DEFAULT_MAX_LENGTH
 
 
 @handles_errors
@@ -60,7 +61,7 @@ def import_adapter(
     ] = False,
     max_length: Annotated[
         int, options.max_length("Token limit per prompt; longer texts lose their beginning.", min=8)
-    ] = 1024,
+    ] = DEFAULT_MAX_LENGTH,
 ) -> None:
     """Import an adapter trained elsewhere: check it against its base model's tokenizer, write validora.json.
 
@@ -83,7 +84,7 @@ def import_adapter(
     info = done.info
     console.print(
         f"Imported a {info.adapter_type} adapter on {escape(info.base_model)}: labels "
-        f"{escape(', '.join(info.labels))} (from {escape(done.labels_from)}), invocation prompt "
+        f"{escape(', '.join(info.labels))} (from {escape('--labels' if done.labels_from == 'labels' else done.labels_from)}), invocation prompt "
         f"{escape(repr(info.invocation_prompt))}, requirements {'in' if info.requirements else 'not in'} its prompt.",
         highlight=False,
     )

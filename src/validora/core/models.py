@@ -192,11 +192,13 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "device cuda was requested but no CUDA GPU is available (try auto).", option="device"
+            "device cuda was requested but no CUDA GPU is available (auto picks what is there).",
+            option="device",
         )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(
-            "device mps was requested but Apple MPS is not available (try auto).", option="device"
+            "device mps was requested but Apple MPS is not available (auto picks what is there).",
+            option="device",
         )
     return torch.device(device)
 

@@ -148,6 +148,9 @@ class Format(Protocol):
         ...
 
 
+DEFAULT_MAX_LENGTH = 1024  # tokens of item + requirement + invocation + label; items are cut from the left
+
+
 class PromptFormat:
     """Token-level prompt format for one tokenizer, label set and invocation prompt."""
 
@@ -156,7 +159,7 @@ class PromptFormat:
         tokenizer: Any,
         labels: Sequence[str],
         invocation_prompt: str | None = None,
-        max_length: int = 1024,
+        max_length: int = DEFAULT_MAX_LENGTH,
     ):
         if len(set(labels)) != len(labels) or not labels:
             raise ConfigError(f"labels must be a non-empty list of distinct strings, got {list(labels)!r}")

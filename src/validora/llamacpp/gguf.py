@@ -24,6 +24,7 @@ from validora.adapter.saving import recover
 from validora.adapter.schema import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo
 from validora.core import files
 from validora.core.models import BaseModelSpec, resolve_base_model
+from validora.core.targets import DECODER_PROJECTIONS
 from validora.errors import AdapterError, ConfigError, ModelError
 from validora.llamacpp.server import served_invocation, served_name
 
@@ -36,7 +37,6 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": ("qwen3", False),
 }
 PERMUTED = {arch: permute for arch, permute in ARCHITECTURES.values()}  # by a GGUF's general.architecture
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -190,10 +190,10 @@ def _tensors(directory: Path, shape: BaseShape) -> list[tuple[str, np.ndarray]]:
     for weight, pair in _pairs(directory).items():
         module = weight.split(".")[-2]
         name = names.get_name(weight, try_suffixes=(".weight",))
-        if name is None or module not in MODULES:
+        if name is None or module not in DECODER_PROJECTIONS:
             raise ConfigError(
                 f"{directory} adapts {weight}; llama.cpp adapters are exported here only for the "
-                f"linear layers {', '.join(MODULES)} of the decoder blocks."
+                f"linear layers {', '.join(DECODER_PROJECTIONS)} of the decoder blocks."
             )
         if set(pair) != {"A", "B"}:
             raise AdapterError(

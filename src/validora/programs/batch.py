@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from validora.adapter.layouts import adapter_digest
 from validora.adapter.loading import CustomIntrinsicAdapter
 from validora.adapter.schema import AdapterInfo
 from validora.backends.validator import check_batch_size
+from validora.core import files
 from validora.core.data import Example, resolve_format, scan_input, stream_texts
 from validora.errors import ConfigError, DataError, LineProblem
 from validora.score.readout import LabelScores
@@ -72,15 +72,7 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
     """Atomically: a crash leaves the old record or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write_text(path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
 
 def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:

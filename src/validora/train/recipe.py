@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from validora.adapter.schema import ADAPTER_TYPES
+from validora.core.prompting import DEFAULT_MAX_LENGTH
+from validora.core.targets import DECODER_PROJECTIONS
 from validora.errors import ConfigError
 
 # Attention and MLP: under aLoRA they act only on the few invocation + label tokens, so the MLP costs
 # little. On the engine notes, q,k,v at rank 32 reached 0.69 test accuracy; all seven at rank 8, 0.79
 # (BENCHMARKS.md, "Recipe variants").
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = DECODER_PROJECTIONS
 # Without --epochs, small sets get more passes: enough for this many optimizer updates, within bounds.
 MIN_UPDATES, MIN_EPOCHS, MAX_EPOCHS = 250, 6, 20
 
@@ -51,7 +53,7 @@ class Recipe:
     learning_rate: float = 2e-3
     batch_size: int = 8
     grad_accum: int = 1
-    max_length: int = 1024
+    max_length: int = DEFAULT_MAX_LENGTH
     seed: int = 0
     val_fraction: float = 0.2
     rank: int = 8

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from validora.core import files
 from validora.errors import ResumeError
 from validora.train.distributed import Shard, gather_objects, launched_world
 from validora.train.recipe import TrainConfig
@@ -130,26 +130,8 @@ def save_state(
         "rng": rng_json,
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
-    try:
-        _flock(fd)
+    with files.atomic_file(path, prefix=f"{path.name}.tmp-", private=True) as tmp:
         save_file(tensors, tmp, metadata={"validora.train_state": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _flock(fd: int) -> bool:
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except (ImportError, OSError):
-        return False
 
 
 def remove_state(path: Path) -> None:
@@ -160,15 +142,7 @@ def remove_state(path: Path) -> None:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Temporary state files of killed runs (a live writer holds its flock and keeps its file)."""
-    with contextlib.suppress(OSError):
-        for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-            with contextlib.suppress(OSError):
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    if _flock(fd):
-                        tmp.unlink()
-                finally:
-                    os.close(fd)
+    files.sweep_files(path, f"{path.name}.tmp-")
 
 
 @dataclass
