@@ -1,7 +1,7 @@
 """FakeBackend: a `Backend` with scripted answers and label probabilities that records every call.
 
 Programs (routing, thresholds, retries, strategies) are tested on it in milliseconds; what the real
-model computes is tested on `LocalHFBackend` (tests/test_programs.py).
+model computes is tested on `LocalHFBackend` (tests/programs/test_programs.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from validora.score.scoring import base_model_only, score_items
 from . import tiny_models
 from .conftest import LABELS, engine_rows, write_jsonl
 from .fake_hub import USER
-from .test_scoring import ITEMS, naive_loglik, random_adapter
+from .score.test_scoring import ITEMS, naive_loglik, random_adapter
 
 # Every family runs the whole path; Qwen3 (the Qwen2 path plus q/k norms and a wider head_dim) only
 # the prompt and scoring tests, to keep the file's time down.
@@ -324,7 +324,7 @@ def test_train_on_a_hub_id(family, hub, tmp_path):
 def test_prefix_cached_training_equals_the_full_forward(any_family, tmp_path):
     """aLoRA's training pass (prefix cached by the base model, adapter on the suffix) gives the loss and
     gradients of the plain full forward, and the NLL of PEFT's own forward, on every family."""
-    from .test_training import grads, make_trainer, peft_own_nll
+    from .train.test_training import grads, make_trainer, peft_own_nll
 
     _, base = any_family
     data = write_jsonl(tmp_path / "data.jsonl", engine_rows(4))

@@ -1,6 +1,6 @@
 """Executable docs: the README's ```python blocks and examples/triage.py run against a real adapter.
 
-```py blocks need a real Hub repository and are not run; tests/test_hub.py covers what they show.
+```py blocks need a real Hub repository and are not run; tests/adapter/test_hub.py covers what they show.
 """
 
 import os

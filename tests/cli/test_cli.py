@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from validora.cli import app
 
-from .conftest import EXAMPLES, write_jsonl
+from ..conftest import EXAMPLES, write_jsonl
 
 runner = CliRunner()
 

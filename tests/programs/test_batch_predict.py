@@ -20,7 +20,7 @@ from validora.cli import app
 from validora.errors import ConfigError, DataError
 from validora.programs.batch import ServerScorer, meta_path, plan_batch, predict_file
 
-from .conftest import EXAMPLES, ROOT, write_jsonl
+from ..conftest import EXAMPLES, ROOT, write_jsonl
 
 runner = CliRunner()
 NOTES = [

@@ -17,7 +17,7 @@ from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.names import public_name
 
-from .fake_hub import USER
+from ..fake_hub import USER
 
 REPO = f"{USER}/engine-safety"
 HOME = "/home/someone"

@@ -1,7 +1,7 @@
 """Programs over a scripted backend: routing, thresholds, retries, strategies, placeholders, errors.
 
 No model is loaded: each test runs in milliseconds. The real model's side of the same paths is in
-tests/test_programs.py.
+tests/programs/test_programs.py.
 """
 
 import inspect
@@ -23,8 +23,8 @@ from validora.programs.requirements import (
 )
 from validora.programs.sampling import ModelOutput, SamplingResult
 
-from .conftest import LABELS
-from .fake_backend import FakeBackend
+from ..conftest import LABELS
+from ..fake_backend import FakeBackend
 
 NOTE = "High vibration at 3100 RPM, connecting rod suspected."
 SEED_REQ = "The failure mode must not be 'no_failure'."

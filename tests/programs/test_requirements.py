@@ -5,7 +5,7 @@ import pytest
 from validora.errors import RequirementError
 from validora.programs.requirements import choose_adapter, req
 
-from .conftest import LABELS
+from ..conftest import LABELS
 
 ALL = set(LABELS)
 YES_NO = ["yes", "no"]

@@ -12,7 +12,7 @@ from validora.cli import app
 from validora.errors import ConfigError, TrainingDiverged
 from validora.train.trainer import Recipe, TrainConfig, Trainer
 
-from .conftest import engine_rows, write_jsonl
+from ..conftest import engine_rows, write_jsonl
 
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """Validators inside programs on the real model: backend, adapters, requirements, sessions, sampling.
 
-Routing, thresholds, retries and placeholders over a scripted backend: tests/test_fake_backend.py.
+Routing, thresholds, retries and placeholders over a scripted backend: tests/programs/test_fake_backend.py.
 """
 
 import json
@@ -17,7 +17,7 @@ from validora.programs.sampling import RejectionSamplingStrategy
 from validora.score.lexical import lexical_text
 from validora.score.scoring import full_loglik, score_items
 
-from .conftest import LABELS
+from ..conftest import LABELS
 
 NOTE = "High vibration at 3100 RPM, connecting rod suspected."
 SEED_REQ = "The failure mode must not be 'no_failure'."

@@ -19,7 +19,7 @@ from validora.cli import app
 from validora.train.recipe import DEFAULT_TARGETS
 from validora.train.trainer import Recipe, TrainConfig, Trainer
 
-from .conftest import ROOT, engine_rows, read_until, write_jsonl
+from ..conftest import ROOT, engine_rows, read_until, write_jsonl
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from validora.core.prompting import (
 )
 from validora.errors import AdapterError, ConfigError, DataError
 
-from .conftest import EXAMPLES, LABELS
+from ..conftest import EXAMPLES, LABELS
 
 # The role-turn shape of the Granite 3.x chat template (system default omitted).
 GRANITE_TEMPLATE = (

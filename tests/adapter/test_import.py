@@ -16,8 +16,8 @@ from validora import ChatContext, CustomIntrinsicAdapter, LocalHFBackend, Sessio
 from validora.cli import app
 from validora.core.prompting import PromptFormat, derive_invocation_prompt
 
-from .conftest import LABELS, engine_rows, write_jsonl
-from .test_prompting import full_ids
+from ..conftest import LABELS, engine_rows, write_jsonl
+from ..core.test_prompting import full_ids
 
 TEXTS = [
     "High vibration at 3100 RPM, connecting rod suspected.",

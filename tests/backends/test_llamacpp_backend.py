@@ -29,7 +29,7 @@ from validora.llamacpp.server import free_port, start_server
 from validora.llamacpp.serving import serve
 from validora.programs.sampling import RejectionSamplingStrategy
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 NOTE = "High vibration at 3100 RPM, connecting rod suspected."
 SEED_REQ = "The failure mode must not be 'no_failure'."
@@ -178,7 +178,7 @@ PART = "Name one engine part."  # greedy margins of 0.78 nats or more in-process
 
 
 def test_a_session_generates_and_checks_through_the_server(server, local):
-    """As tests/test_programs.py's seed-requirement case, on the server: the same program, unchanged."""
+    """As tests/programs/test_programs.py's seed-requirement case, on the server: the same program, unchanged."""
     m = Session(server, ctx=ChatContext())
     result = m.instruct(PART, requirements=[req(SEED_REQ, adapter="engine")], model_options=SHORT)
     assert result.text == local.generate([{"role": "user", "content": PART}], SHORT).text

@@ -21,8 +21,8 @@ from validora.backends.validator import load_validator
 from validora.cli import app
 from validora.errors import AdapterError, ConfigError
 
-from .conftest import LABELS
-from .fake_hub import USER
+from ..conftest import LABELS
+from ..fake_hub import USER
 
 REPO = f"{USER}/engine-check"
 TEXTS = ["Heavy knock under load, metal flakes in the oil.", "Ran smooth for 20 minutes after a new plug."]

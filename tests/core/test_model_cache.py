@@ -11,7 +11,7 @@ import pytest
 
 from validora.core import models
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def stale(root: Path, name: str) -> Path:

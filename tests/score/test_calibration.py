@@ -23,7 +23,7 @@ from validora.errors import AdapterError, ConfigError
 from validora.score import scoring
 from validora.score.readout import Readout
 
-from .conftest import EXAMPLES, write_jsonl
+from ..conftest import EXAMPLES, write_jsonl
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def tempered(probs: dict[str, float], t: float) -> dict[str, float]:
 
 def with_temperature(trained_adapter: Path, target: Path, temperature: float) -> Path:
     """A copy of the trained adapter with `temperature` written into its validora.json, without its
-    lexical model (tests/test_lexical.py covers the mixture): the temperature alone shapes its scores."""
+    lexical model (tests/score/test_lexical.py covers the mixture): the temperature alone shapes its scores."""
     path = shutil.copytree(trained_adapter, target)
     info = json.loads((path / "validora.json").read_text())
     (path / "validora.json").write_text(json.dumps({**info, "temperature": temperature, "lexical": None}))

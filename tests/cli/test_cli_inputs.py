@@ -13,7 +13,7 @@ from validora.cli import app
 from validora.core.data import load_texts
 from validora.errors import ConfigError, DataError
 
-from .fake_hub import USER
+from ..fake_hub import USER
 
 REQ = "Must be 'connecting_rod'."
 JSONL = json.dumps({"item": "rod knock", "requirement": REQ}) + '\n\n{"item": "blue smoke"}\r\n'

@@ -8,7 +8,7 @@ import pytest
 from validora.core.data import Example, labels_of, load_jsonl, stratified_split
 from validora.errors import DataError
 
-from .conftest import EXAMPLES, LABELS, write_jsonl
+from ..conftest import EXAMPLES, LABELS, write_jsonl
 
 
 def test_every_bad_line_is_reported_with_its_number(tmp_path: Path):

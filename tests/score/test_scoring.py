@@ -7,8 +7,8 @@ from peft import LoraConfig, get_peft_model
 from validora.core.prompting import PromptFormat
 from validora.score import scoring
 
-from .conftest import LABELS
-from .test_prompting import full_ids
+from ..conftest import LABELS
+from ..core.test_prompting import full_ids
 
 ITEMS = [
     "knock at 3k rpm, rod",

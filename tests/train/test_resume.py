@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from validora.cli import app
 from validora.train.resume import PAUSE_ENV, state_path
 
-from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
+from ..conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
 ARGS = ["--epochs", "3", "--rank", "2", "--max-length", "48", "--seed", "4", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from validora.cli import app
 from validora.train.resume import PAUSE_ENV, state_path
 
-from .conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
+from ..conftest import EXAMPLES, LABELS, ROOT, engine_rows, read_until, write_jsonl
 
 ARGS = ["--epochs", "2", "--rank", "2", "--max-length", "48", "--dropout", "0", "--seed", "5",
         "--learning-rate", "5e-3", "--device", "cpu"]  # fmt: skip
