@@ -94,6 +94,25 @@ def _raise_problems(source: str | Path, problems: list[LineProblem], max_reporte
         )
 
 
+def _finish(
+    source: str | Path,
+    problems: list[LineProblem],
+    max_reported: int,
+    *,
+    found: bool,
+    what: str,
+    unknown: set[str],
+) -> None:
+    """The end of every read: all bad lines at once, then an empty file, then one warning for unknown keys
+    (stacklevel: the caller of the public reader)."""
+    _raise_problems(source, problems, max_reported)
+    if not found:
+        raise DataError(f"{source} holds no {what}.")
+    if unknown:
+        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
+        warnings.warn(f"{source}: ignoring unknown field(s) {keys}", stacklevel=4)
+
+
 def parse_jsonl(
     raw: bytes, source: str | Path, *, labeled: bool = True, max_reported: int = MAX_REPORTED
 ) -> list[Example]:
@@ -111,12 +130,7 @@ def parse_jsonl(
         elif example is not None:
             examples.append(Example(example.item, example.label, example.requirement, number))
             unknown.update(extra)
-    _raise_problems(source, problems, max_reported)
-    if not examples:
-        raise DataError(f"{source} holds no examples.")
-    if unknown:
-        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
-        warnings.warn(f"{source}: ignoring unknown field(s) {keys}", stacklevel=3)
+    _finish(source, problems, max_reported, found=bool(examples), what="examples", unknown=unknown)
     return examples
 
 
@@ -233,12 +247,7 @@ def scan_input(source: Path | bytes, name: str, jsonl: bool) -> tuple[str, int]:
                 problems.append(LineProblem(Path(name), number, problem or "unreadable"))
             count += 1
             unknown |= extra
-    _raise_problems(name, problems, MAX_REPORTED)
-    if not count:
-        raise DataError(f"{name} holds no texts to classify.")
-    if unknown:
-        keys = ", ".join(f'"{k}"' for k in sorted(unknown))
-        warnings.warn(f"{name}: ignoring unknown field(s) {keys}", stacklevel=3)
+    _finish(name, problems, MAX_REPORTED, found=bool(count), what="texts to classify", unknown=unknown)
     return digest.hexdigest(), count
 
 
