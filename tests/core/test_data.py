@@ -152,3 +152,12 @@ def test_conflicting_labels_warn_with_line_numbers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stratified_split(rows[:10], 0.3, 0)  # no conflict, no warning
+
+
+def test_unknown_keys_warn_once_naming_them_and_the_file(tmp_path):
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"item": "a", "label": "x", "note": 1}, {"item": "b", "label": "y", "id": 2}]
+    )
+    with pytest.warns(UserWarning, match=r'd\.jsonl: ignoring unknown field\(s\) "id", "note"') as caught:
+        examples = load_jsonl(path)
+    assert [e.item for e in examples] == ["a", "b"] and len(caught) == 1
