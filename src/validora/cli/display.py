@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,11 +31,17 @@ _FLAGS = {"fmt": "--format", "repo_id": "--name"}
 
 
 def error_message(exc: ValidoraError) -> str:
-    """The message as the CLI shows it: the option it begins with (learning_rate) as its flag (--learning-rate)."""
+    """The message as the CLI shows it: the option it is about (learning_rate) as its flag
+    (--learning-rate), where it begins the message or where the message says how to set it
+    (`trust_remote_code=True` → `--trust-remote-code`, `basemodel=X` → `--basemodel X`)."""
     text, option = str(exc), exc.option
-    if option and text.startswith(f"{option} "):
-        text = _FLAGS.get(option, "--" + option.replace("_", "-")) + text[len(option) :]
-    return text
+    if not option:
+        return text
+    flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
+    if text.startswith(f"{option} "):
+        text = flag + text[len(option) :]
+    text = re.sub(rf"(?<![\w.-]){re.escape(option)}=True\b", flag, text)
+    return re.sub(rf"(?<![\w.-]){re.escape(option)}=(?=\S)", flag + " ", text)
 
 
 def handles_errors(func: F) -> F:

@@ -287,10 +287,12 @@ def check_causal_lm(spec: BaseModelSpec, *, trust_remote_code: bool = False) -> 
         raise ModelError(_load_hint(spec, exc)) from exc
     except ValueError as exc:  # an unknown or missing model_type, or remote code not allowed
         declared = _declared_architecture(spec)
-        hint = " (its own code runs only with --trust-remote-code)" if "trust_remote_code" in str(exc) else ""
+        remote_code = "trust_remote_code" in str(exc)
+        hint = " (its own code runs only with trust_remote_code=True)" if remote_code else ""
         raise ModelError(
             f"Base model {spec.name!r} ({declared}) cannot be loaded by transformers{hint}: "
-            f"{str(exc).splitlines()[0]}"
+            f"{str(exc).splitlines()[0]}",
+            option="trust_remote_code" if remote_code else None,
         ) from exc
     remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or remote:
