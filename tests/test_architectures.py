@@ -260,7 +260,7 @@ def test_export_refusal_names_the_architecture(adapters, tmp_path):
         ({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]}, "MysteryForCausalLM"),
         ({"model_type": "own", "architectures": ["OwnForCausalLM"],
           "auto_map": {"AutoConfig": "own.OwnConfig", "AutoModelForCausalLM": "own.OwnForCausalLM"}},
-         r"OwnForCausalLM\).*--trust-remote-code"),
+         r"OwnForCausalLM\).*(--trust-remote-code|trust_remote_code=True)"),
     ],
     ids=["encoder-decoder", "unknown", "remote-code"],
 )  # fmt: skip

@@ -127,3 +127,24 @@ def test_predict_file_uses_each_lines_requirement(trained_adapter: Path, tmp_pat
     first, second = [json.loads(line)["probs"] for line in alone.stdout.splitlines()]
     assert first == pytest.approx(second, abs=1e-6)  # the requirement did not reach the prompt
     assert "trained without requirement texts" in alone.output
+
+
+def test_error_messages_show_the_option_they_are_about_as_its_flag():
+    from validora.cli.display import error_message
+    from validora.errors import ConfigError, ModelError
+
+    assert error_message(ConfigError("learning_rate must be positive, not -1.", option="learning_rate")) == (
+        "--learning-rate must be positive, not -1."
+    )
+    assert error_message(ModelError("X needs its own code (it runs only with trust_remote_code=True).",
+                                    option="trust_remote_code")) == (
+        "X needs its own code (it runs only with --trust-remote-code)."
+    )  # fmt: skip
+    assert error_message(ModelError("No base model named; pass basemodel=DIR.", option="basemodel")) == (
+        "No base model named; pass --basemodel DIR."
+    )
+    # only the option the error is about, never another word that merely contains it
+    assert error_message(ConfigError("fmt must be auto; my_fmt=1 stays.", option="fmt")) == (
+        "--format must be auto; my_fmt=1 stays."
+    )
+    assert error_message(ConfigError("basemodel=X is fine", option=None)) == "basemodel=X is fine"

@@ -32,11 +32,11 @@ from validora.score import scoring
 from validora.score.packing import Segment, pack
 from validora.train.artifacts import adapter_info, write_adapter
 from validora.train.distributed import Shard, all_sum, gather_rows, shard_of, sum_gradients
-from validora.train.validation import calibrate, judge
 from validora.train.prefix_store import PrefixStore
 from validora.train.recipe import Recipe, TrainConfig, resolve_epochs
 from validora.train.report import EpochRecord, Progress, SilentProgress, StepLoss, TrainReport
 from validora.train.resume import Checkpointer, RunState
+from validora.train.validation import calibrate, judge
 
 # Re-exported: callers import the report types from here.
 __all__ = ["EpochRecord", "Progress", "Recipe", "SilentProgress", "StepLoss", "TrainConfig", "TrainReport"]
