@@ -3,7 +3,7 @@
 `benchmarks/quality.py` dumps, per set and validora variant, the trained adapter's raw label
 log-likelihoods on the validation and test splits and the texts of every split
 (``<cache>/quality/dumps/<set>-<split>-<label>.json``). Training is seeded and deterministic, so what a
-readout (temperature, lexical model, mixture: `validora.score.lexical`) would give on that adapter is
+readout (temperature, lexical model, mixture: `validora.score.readout`) would give on that adapter is
 computed here exactly, in seconds, with the library's own functions:
 
     .venv/bin/python benchmarks/readouts.py --label v4-dump

@@ -68,8 +68,8 @@ def import_adapter(
     Its weights are not changed; labels are scored with validora's prompt
     (text, requirement line, invocation prompt, label, end-of-turn token).
     """
+    from validora.adapter.peft_import import LABELS_GIVEN, parse_labels
     from validora.adapter.peft_import import import_adapter as run_import
-    from validora.adapter.peft_import import parse_labels
 
     done = run_import(
         directory,
@@ -82,9 +82,10 @@ def import_adapter(
         max_length=max_length,
     )
     info = done.info
+    source = "--labels" if done.labels_from == LABELS_GIVEN else done.labels_from
     console.print(
         f"Imported a {info.adapter_type} adapter on {escape(info.base_model)}: labels "
-        f"{escape(', '.join(info.labels))} (from {escape('--labels' if done.labels_from == 'labels' else done.labels_from)}), invocation prompt "
+        f"{escape(', '.join(info.labels))} (from {escape(source)}), invocation prompt "
         f"{escape(repr(info.invocation_prompt))}, requirements {'in' if info.requirements else 'not in'} its prompt.",
         highlight=False,
     )

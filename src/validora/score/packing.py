@@ -8,7 +8,7 @@ then its stem (the invocation, where an aLoRA adapter starts) and its branches (
 without its last token, which is only ever a target). Each token sees the real context, its own
 segment's earlier parts and its own earlier tokens, never another branch or another segment; position
 ids count the context, so every branch sits where it would in a prompt of its own. Padding sees only
-itself, so no row of the mask is empty. Only torch is needed: the tables in tests/test_packing.py pin
+itself, so no row of the mask is empty. Only torch is needed: the tables in tests/score/test_packing.py pin
 the layout on literal token ids.
 """
 

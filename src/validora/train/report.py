@@ -1,5 +1,5 @@
 """What a training run reports: per-epoch records, the final TrainReport, the Progress protocol the
-CLI draws. Kept apart from the loop (training.py) so that module stays short; re-exported there."""
+CLI draws. Kept apart from the loop (trainer.py) so that module stays short; re-exported there."""
 
 from __future__ import annotations
 
