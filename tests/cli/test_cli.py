@@ -143,8 +143,15 @@ def test_error_messages_show_the_option_they_are_about_as_its_flag():
     assert error_message(ModelError("No base model named; pass basemodel=DIR.", option="basemodel")) == (
         "No base model named; pass --basemodel DIR."
     )
-    # only the option the error is about, never another word that merely contains it
-    assert error_message(ConfigError("fmt must be auto; my_fmt=1 stays.", option="fmt")) == (
-        "--format must be auto; my_fmt=1 stays."
+    assert (
+        error_message(ConfigError('pass fmt="jsonl" or overwrite=True.'))
+        == "pass --format jsonl or --overwrite."
     )
-    assert error_message(ConfigError("basemodel=X is fine", option=None)) == "basemodel=X is fine"
+    # the option the error is about, standing alone, but never inside a longer name or a path
+    assert error_message(ConfigError("its cache_memory_gb was 4; eval_cache_memory_gb and /a/cache_memory_gb stay.",
+                                     option="cache_memory_gb")) == (
+        "its --cache-memory-gb was 4; eval_cache_memory_gb and /a/cache_memory_gb stay."
+    )  # fmt: skip
+    assert (
+        error_message(ConfigError("/tmp/run=3/x.jsonl and a==b stay")) == "/tmp/run=3/x.jsonl and a==b stay"
+    )

@@ -26,22 +26,48 @@ console = Console(stderr=True)
 out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
-# Library options whose flag is not the name with dashes: load_texts(fmt=...), publish.upload(repo_id=...).
-_FLAGS = {"fmt": "--format", "repo_id": "--name"}
+# Library names whose flag is not the name with dashes: load_texts(fmt=...), publish.upload(repo_id=...),
+# Trainer(resume_state=...).
+_FLAGS = {"fmt": "--format", "repo_id": "--name", "resume_state": "--resume"}
+# Settings the CLI makes with another flag: predict chooses its engine with --server.
+_VALUES = {'engine="llama-server"': "--server", 'engine="in-process"': "without --server"}
+
+
+def flag_of(option: str) -> str:
+    """The flag of a library option: the table's, else the name with dashes (learning_rate: --learning-rate)."""
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+_SETTING = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|([\"'])(.*?)\3|(?=[^\s=]))")
+
+
+def with_flags(text: str, about: str | None = None) -> str:
+    """`text` as the CLI shows it, the one rule for every message and notice: the library names settings as
+    Python callers pass them (`overwrite=True`, `basemodel=X`, `fmt="jsonl"`), shown here as flags
+    (`--overwrite`, `--basemodel X`, `--format jsonl`); the option a message is `about` also where it
+    begins the message (`learning_rate must be`) or stands alone as an underscore name (never an English
+    word; never inside a path)."""
+    for value, flag in _VALUES.items():
+        text = text.replace(value, flag)
+
+    def setting(m: re.Match[str]) -> str:
+        flag = flag_of(m.group(1))
+        if m.group(2) == "True":
+            return flag
+        return f"{flag} {m.group(4)}" if m.group(3) else f"{flag} "
+
+    text = _SETTING.sub(setting, text)
+    if about:
+        if text.startswith(f"{about} "):
+            text = flag_of(about) + text[len(about) :]
+        if "_" in about:
+            text = re.sub(rf"(?<![\w/.-]){re.escape(about)}(?![\w/=-])", flag_of(about), text)
+    return text
 
 
 def error_message(exc: ValidoraError) -> str:
-    """The message as the CLI shows it: the option it is about (learning_rate) as its flag
-    (--learning-rate), where it begins the message or where the message says how to set it
-    (`trust_remote_code=True` → `--trust-remote-code`, `basemodel=X` → `--basemodel X`)."""
-    text, option = str(exc), exc.option
-    if not option:
-        return text
-    flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
-    if text.startswith(f"{option} "):
-        text = flag + text[len(option) :]
-    text = re.sub(rf"(?<![\w.-]){re.escape(option)}=True\b", flag, text)
-    return re.sub(rf"(?<![\w.-]){re.escape(option)}=(?=\S)", flag + " ", text)
+    """The message as the CLI shows it (`with_flags`)."""
+    return with_flags(str(exc), exc.option)
 
 
 def handles_errors(func: F) -> F:
@@ -97,7 +123,8 @@ class RichProgress:
             self._progress.advance(self._task, n)
 
     def log(self, message: str) -> None:
-        self._progress.console.print(message, highlight=False, markup=False)
+        """A notice from the library, its options shown as flags as in errors."""
+        self._progress.console.print(with_flags(message), highlight=False, markup=False)
 
 
 def metrics_tables(metrics: Any, title: str) -> list[Table]:

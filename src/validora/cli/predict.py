@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,35 +13,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
-from validora.errors import ConfigError, ValidoraError
+from validora.errors import ConfigError
 
 if TYPE_CHECKING:
     from validora.programs.batch import Engine
 
+
 # Library messages name settings as a Python caller passes them; this command shows its flags instead.
-_AS_FLAGS = (
-    ('fmt="jsonl"', "--format jsonl"),
-    ('fmt="text"', "--format text"),
-    ("overwrite=True", "--overwrite"),
-    ("another output", "another --output"),
-    ('(engine="in-process")', "(without --server)"),
-    ('(engine="llama-server")', "(--server)"),
-    ("(same engine)", "(with or without --server)"),
-)
-
-
-@contextmanager
-def _flags_in_messages() -> Iterator[None]:
-    try:
-        yield
-    except ValidoraError as exc:
-        text = str(exc)
-        for python, flag in _AS_FLAGS:
-            text = text.replace(python, flag)
-        exc.args = (text,)
-        raise
-
-
 def _stdin_bytes() -> bytes:
     buffer = getattr(sys.stdin, "buffer", None)
     return buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
@@ -138,17 +114,16 @@ def predict(
         raise ConfigError("--device chooses where the model runs here; with --server the server computes.")
     engine = Engine(adapter, server=server, basemodel=basemodel, device=device, revision=revision,
                     batch_size=batch_size, concurrency=concurrency)  # fmt: skip
-    with _flags_in_messages():
-        if output is not None or overwrite:
-            _predict_to_file(engine, texts, file, output, overwrite, text_format, requirement)
-            return
-        pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
-        if file is not None:
-            pairs += _read_texts(file, text_format)
-        items = [text for text, _ in pairs]
-        if not items:
-            raise ConfigError("Nothing to classify: give texts as arguments or --file.")
-        results = engine.predict(items, [r for _, r in pairs], requirement)
+    if output is not None or overwrite:
+        _predict_to_file(engine, texts, file, output, overwrite, text_format, requirement)
+        return
+    pairs: list[tuple[str, str | None]] = [(text, None) for text in texts or []]
+    if file is not None:
+        pairs += _read_texts(file, text_format)
+    items = [text for text, _ in pairs]
+    if not items:
+        raise ConfigError("Nothing to classify: give texts as arguments or --file.")
+    results = engine.predict(items, [r for _, r in pairs], requirement)
     if jsonl:
         for text, r in zip(items, results, strict=True):
             out.print(

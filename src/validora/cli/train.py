@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +20,6 @@ from validora.cli.display import (
     out,
     sigterm_as_interrupt,
 )
-from validora.errors import ValidoraError
 from validora.train.trainer import Recipe, TrainConfig
 
 if TYPE_CHECKING:
@@ -188,7 +186,7 @@ def train(
     before = _identity(outfile)
     sigterm_as_interrupt()
     try:
-        with _FlagProgress() as progress:
+        with RichProgress() as progress:
             trainer = Trainer(config, progress, keep_state=True, resume_state=resume)
             target = _run(trainer)
             report = trainer.report
@@ -254,44 +252,13 @@ def _train_quietly(config: TrainConfig, resume: bool) -> None:
 
 def _run(trainer: Trainer) -> Path:
     """setup, train, save (rank 0 writes), then leave the process group if any (torch warns at exit
-    otherwise); where the adapter is. The library's errors name options: shown as this command's flags."""
-    try:
-        trainer.setup()
-        trainer.train()
-        target = trainer.save()
-    except ValidoraError as exc:
-        if exc.option in _NAMED:
-            raise type(exc)(_with_flags(str(exc), [exc.option]), option=exc.option) from None
-        raise
+    otherwise); where the adapter is."""
+    trainer.setup()
+    trainer.train()
+    target = trainer.save()
     if trainer.shard.world > 1:
         trainer.accelerator.end_training()
     return target
-
-
-# The options training's messages name inside a sentence, and this command's flags for them. A
-# message beginning with its option is shown by display.error_message; these sit further in.
-_NAMED = {
-    "learning_rate": "--learning-rate",
-    "cache_memory_gb": "--cache-memory-gb",
-    "resume_state": "--resume",
-    "distributed_type": "distributed_type: MULTI_GPU (accelerate launch --multi_gpu).",
-}
-_SPELLED = {"distributed_type": "distributed_type: MULTI_GPU."}  # the words that stand for the option
-
-
-def _with_flags(text: str, names: list[str]) -> str:
-    """`text` with each option in `names` shown as its flag: only as a whole word, never inside a path."""
-    for name in names:
-        words = re.escape(_SPELLED.get(name, name))
-        text = re.sub(rf"(?<![\w/.-]){words}(?![\w/-])", lambda _, flag=_NAMED[name]: flag, text)
-    return text
-
-
-class _FlagProgress(RichProgress):
-    """RichProgress whose notices show the flags of the options they name (over cache_memory_gb 4)."""
-
-    def log(self, message: str) -> None:
-        super().log(_with_flags(message, ["cache_memory_gb", "resume_state"]))
 
 
 def _changed(config: TrainConfig) -> list[str]:

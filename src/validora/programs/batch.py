@@ -92,8 +92,8 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
             return (
                 f"{output} holds results scored {_ENGINE_WORDS.get(_matched(old, key), '?')}, and this run "
                 f"scores {_ENGINE_WORDS[new[key]]}; their probabilities differ slightly (Q4_1 weights in "
-                "llama.cpp, fp32 in PyTorch), so one file does not mix them. Rerun as the file was started "
-                "(same engine)."
+                "llama.cpp, fp32 in PyTorch), so one file does not mix them. Rerun with the engine the file "
+                "was started with."
             )
         elif key == "settings":
             what = f"other settings ({old.get(key)}; this run has {new[key]})"
@@ -268,13 +268,13 @@ def plan_batch(
     if old is None:
         raise ConfigError(
             f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
-            "resumed; choose another output, or pass overwrite=True to replace it.",
+            "resumed; choose another output file, or pass overwrite=True to replace it.",
             option="output",
         )
     why = _mismatch(output, old, meta)
     if why:
         raise ConfigError(
-            f"output {why} Nothing was changed; choose another output, or pass overwrite=True to start over.",
+            f"output {why} Nothing was changed; choose another output file, or pass overwrite=True to start over.",
             option="output",
         )
     job.skipped, job.keep, job.partial = _done_prefix(output, examples)

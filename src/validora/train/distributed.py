@@ -70,8 +70,7 @@ def shard_of(accelerator: object) -> Shard:
             f"The accelerate configuration asks for {kind.rsplit('.', 1)[-1]}, which validora does not "
             "use: each process holds a full copy of the base model (an 8B model in bfloat16 takes about "
             "16 GiB per GPU) and only the adapter's gradients are exchanged. Use distributed_type: "
-            "MULTI_GPU.",
-            option="distributed_type",  # the CLI adds how accelerate launch asks for it
+            "MULTI_GPU (accelerate launch's multi-GPU mode)."
         )
     acc: Any = accelerator
     return Shard(acc.process_index, acc.num_processes, str(acc.device))

@@ -168,7 +168,7 @@ class Trainer:
             return
         budget = self.config.cache_memory_gb
         fits = self.prefixes.fits(budget)
-        over = f"over cache_memory_gb {budget}, recomputed per batch"
+        over = f"over cache_memory_gb={budget}, recomputed per batch"
         how = "kept across epochs" if fits else over
         need = f"{self.prefixes.need_gb():.2f} GiB for {self.prefixes.tokens} tokens"
         self.progress.log(f"Prefix caches: {need}; {how}.")
