@@ -155,3 +155,12 @@ def test_error_messages_show_the_option_they_are_about_as_its_flag():
     assert (
         error_message(ConfigError("/tmp/run=3/x.jsonl and a==b stay")) == "/tmp/run=3/x.jsonl and a==b stay"
     )
+
+
+def test_only_real_options_set_in_a_message_become_flags():
+    from validora.cli.display import error_message
+    from validora.errors import ConfigError
+
+    assert error_message(ConfigError("my run=2/out exists; pass overwrite=True.")) == (
+        "my run=2/out exists; pass --overwrite."
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,6 +42,26 @@ def flag_of(option: str) -> str:
 _SETTING = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|([\"'])(.*?)\3|(?=[^\s=]))")
 
 
+@functools.cache
+def _cli_options() -> frozenset[str]:
+    """The Python names of every option of every `m` command (and the table's library names). The app is
+    read from the loaded package (its __init__ imports this module: no import back)."""
+    app = sys.modules["validora.cli"].app
+    names: set[str] = set(_FLAGS)
+
+    def walk(command: Any) -> None:
+        names.update(
+            p.name
+            for p in getattr(command, "params", [])
+            if p.name and any(o.startswith("--") for o in getattr(p, "opts", ()))
+        )
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(typer.main.get_command(app))
+    return frozenset(names)
+
+
 def with_flags(text: str, about: str | None = None) -> str:
     """`text` as the CLI shows it, the one rule for every message and notice: the library names settings as
     Python callers pass them (`overwrite=True`, `basemodel=X`, `fmt="jsonl"`), shown here as flags
@@ -51,6 +72,8 @@ def with_flags(text: str, about: str | None = None) -> str:
         text = text.replace(value, flag)
 
     def setting(m: re.Match[str]) -> str:
+        if m.group(1) not in _cli_options():  # `run=2` in a user's path is no setting
+            return m.group(0)
         flag = flag_of(m.group(1))
         if m.group(2) == "True":
             return flag
