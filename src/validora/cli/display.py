@@ -45,8 +45,8 @@ _SETTING = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|([\"'])(.*?)\3|(?
 @functools.cache
 def _cli_options() -> frozenset[str]:
     """The Python names of every option of every `m` command (and the table's library names). The app is
-    read from the loaded package (its __init__ imports this module: no import back)."""
-    app = sys.modules["validora.cli"].app
+    read from the loaded app module (it imports this module: no import back)."""
+    app = sys.modules["validora.cli.commands"].app
     names: set[str] = set(_FLAGS)
 
     def walk(command: Any) -> None:
