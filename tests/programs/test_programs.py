@@ -218,10 +218,12 @@ def test_rejection_sampling_resamples_until_a_requirement_passes(backend):
     assert result.success and len(result.sample_generations) == 2
     assert [v[0].passed for v in result.sample_validations] == [False, True]
     assert result.result is result.sample_generations[1]
+    assert result.validations == result.sample_validations[1] and result.validations[0].passed
     failing = m.instruct("Name one engine part.", requirements=[req("never", validation_fn=lambda t: False)],
                          strategy=RejectionSamplingStrategy(loop_budget=2), model_options=SHORT,
                          return_sampling_results=True)  # fmt: skip
     assert not failing.success and len(failing.sample_generations) == 2
+    assert failing.validations is failing.result.validations and not failing.validations[0].passed
 
 
 def test_base_output_unchanged_by_adapters_and_validation(trained_adapter):

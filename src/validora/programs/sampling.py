@@ -34,6 +34,11 @@ class SamplingResult:
     sample_generations: list[ModelOutput]
     sample_validations: list[list[ValidationResult]]
 
+    @property
+    def validations(self) -> list[ValidationResult]:
+        """How the chosen generation (`result`, what `str()` shows) was judged, as on a plain answer."""
+        return self.result.validations
+
     def __str__(self) -> str:
         return str(self.result)
 
