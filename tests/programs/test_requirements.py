@@ -11,13 +11,12 @@ ALL = set(LABELS)
 YES_NO = ["yes", "no"]
 MULTI_WORD = ["piston rings", "rings", "rod"]
 
-# (description, labels, passing labels). The first seven are issue 9's examples: each read wrong before.
+# (description, labels, passing labels). Issue 9's examples first; tests/programs/test_grammar.py has
+# the grammar's full table (issue 20).
 READINGS = [
     ("must be 'piston_rings' and must not be 'no_failure'", LABELS, {"piston_rings"}),
-    ("Unless the engine is not running, the failure must be 'piston_rings'", LABELS, {"piston_rings"}),
     ("should not be anything other than 'no_failure'", LABELS, {"no_failure"}),
     ("must be 'connecting_rod', not 'no_failure'", LABELS, {"connecting_rod"}),
-    ("The summary must contain no profanity.", YES_NO, {"yes"}),
     ("must be piston rings", MULTI_WORD, {"piston rings"}),
     ("must be anything other than 'no_failure'", LABELS, ALL - {"no_failure"}),
     # negation governs only its own label
@@ -31,7 +30,6 @@ READINGS = [
     ("The failure must be 'piston_rings' (not 'connecting_rod')", LABELS, {"piston_rings"}),
     ("must be 'piston_rings'; it must not be 'connecting_rod'", LABELS, {"piston_rings"}),
     ("The failure must be 'piston_rings' rather than 'connecting_rod'", LABELS, {"piston_rings"}),
-    ("must be 'piston_rings' if the engine is not running", LABELS, {"piston_rings"}),
     # exclusions, and a negation cancelling an exclusion
     ("Anything other than mini_carburetor", LABELS, ALL - {"mini_carburetor"}),
     ("Any label but 'no_failure'", LABELS, ALL - {"no_failure"}),
@@ -66,27 +64,40 @@ READINGS = [
     ("must be 'piston rings'", MULTI_WORD, {"piston rings"}),
     # yes/no-like labels: the positive label means the requirement holds; only quoted labels are read
     ("Is the summary polite?", YES_NO, {"yes"}),
-    ("No profanity", ["Yes", "No"], {"Yes"}),
     ("must be 'no'", YES_NO, {"no"}),
     ("must not be 'yes'", YES_NO, {"no"}),
-    ("Compliant with house style", ["non_compliant", "compliant"], {"compliant"}),
-    ("The JSON must be valid and must not contain comments", ["valid", "invalid"], {"valid"}),
-    ("must not fail", ["pass", "fail"], {"pass"}),
+    # issue 20: a label written out in a form is read as what the form says; before, these were refused
+    ("must not be 'no_failure' or mini_carburetor", LABELS, {"piston_rings", "connecting_rod"}),
+    ("must be 'piston_rings', not no_failure", LABELS, {"piston_rings"}),
+    ("Must not be compliant", ["non_compliant", "compliant"], {"non_compliant"}),
+    ("The JSON must never be valid", ["valid", "invalid"], {"invalid"}),
 ]
 
 # (description, labels, words the error must contain): refused, never guessed.
 REFUSED = [
-    ("Unless the engine is not running the failure must be 'piston_rings'", LABELS, "condition"),
+    ("Unless the engine is not running the failure must be 'piston_rings'", LABELS, "'unless'"),
+    # issue 20: before, these were read; a condition, a negating word or a label outside a form is refused
+    ("Unless the engine is not running, the failure must be 'piston_rings'", LABELS, "'unless'"),
+    ("must be 'piston_rings' if the engine is not running", LABELS, "stops reading at 'if"),
+    ("The summary must contain no profanity.", YES_NO, "'no' can negate"),
+    ("No profanity", ["Yes", "No"], "'no' can negate"),
+    ("Compliant with house style", ["non_compliant", "compliant"], "stops reading at 'with"),
+    ("The JSON must be valid and must not contain comments", ["valid", "invalid"], "'contain comments'"),
+    ("must not fail", ["pass", "fail"], "'be' is expected"),
     ("must not be 'piston_rings', 'connecting_rod', 'mini_carburetor' or 'no_failure'", LABELS, "no label"),
     ("must be 'piston_rings', 'connecting_rod', 'mini_carburetor' or 'no_failure'", LABELS, "every label"),
     ("must be 'yes' or 'no'", YES_NO, "every label"),
-    ("must be 'piston_rings' and 'connecting_rod'", LABELS, "both"),
-    ("must be 'piston_rings' or not 'no_failure'", LABELS, "joins a passing and a failing"),
-    ("must be 'piston_rings' and must not be 'piston_rings'", LABELS, "both required and excluded"),
-    ("must not be not 'no_failure'", LABELS, "more than once"),
-    ("need not be 'no_failure'", LABELS, "does not say"),
+    ("must be 'piston_rings' and 'connecting_rod'", LABELS, "one label"),
+    (
+        "must be 'piston_rings' or not 'no_failure'",
+        LABELS,
+        "or not",
+    ),
+    ("must be 'piston_rings' and must not be 'piston_rings'", LABELS, "no label"),
+    ("must not be not 'no_failure'", LABELS, "quoted label"),
+    ("need not be 'no_failure'", LABELS, "'need' does not begin"),
     ("doesn't have to be 'no_failure'", LABELS, "doesn't"),
-    ("must not only be 'piston_rings'", LABELS, "does not say"),
+    ("must not only be 'piston_rings'", LABELS, "'be' is expected"),
     ("'no_failure' is forbidden", LABELS, "forbidden"),
     ("It is false that it must be 'no_failure'", LABELS, "false"),
     ("It is untrue that it must be 'no_failure'", LABELS, "untrue"),
@@ -94,23 +105,19 @@ REFUSED = [
     ("must stop being 'no_failure'", LABELS, "stop"),
     ("must rarely be 'no_failure'", LABELS, "rarely"),
     ("It must be 'no_failure' — false", LABELS, "false"),
-    ("'no_failure' must not appear", LABELS, "follows"),
-    ("'no_failure' is acceptable", LABELS, "followed by"),
-    ("'piston_rings' wins", LABELS, "governs"),
-    ("The failure mode must differ from 'no_failure'", LABELS, "governs"),
+    ("'no_failure' must not appear", LABELS, "stops reading at 'must"),
+    ("'no_failure' is acceptable", LABELS, "stops reading at 'is"),
+    ("'piston_rings' wins", LABELS, "stops reading at 'wins"),
+    ("The failure mode must differ from 'no_failure'", LABELS, "'be' is expected"),
     ("Must avoid 'no_failure'", LABELS, "avoid"),
-    ("Is it 'piston_rings'?", LABELS, "governs"),
-    ("It is not the case that the label is 'piston_rings'", LABELS, "'not'"),
-    ("The label must be 'piston_rings'. This is not acceptable.", LABELS, "governs no label"),
-    ("must be 'piston_rings' unless it is 'connecting_rod'", LABELS, "condition"),
-    ("must be 'piston_rings', no exceptions", LABELS, "'no'"),
-    ("must not be 'no_failure' or mini_carburetor", LABELS, "unquoted"),
-    ("must be 'piston_rings', not no_failure", LABELS, "'not'"),
+    ("Is it 'piston_rings'?", LABELS, "stops reading at \"it 'piston"),
+    ("It is not the case that the label is 'piston_rings'", LABELS, "the case that"),
+    ("The label must be 'piston_rings'. This is not acceptable.", LABELS, "This is not"),
+    ("must be 'piston_rings' unless it is 'connecting_rod'", LABELS, "unless it is"),
+    ("must be 'piston_rings', no exceptions", LABELS, "no exceptions"),
     ("The summary is good.", LABELS, "names none"),
     ("must be 'piston_ring'", LABELS, "names none"),
     ("must be 'YES'", ["Yes", "yes", "maybe"], "names none"),
-    ("Must not be compliant", ["non_compliant", "compliant"], "also reads as"),
-    ("The JSON must never be valid", ["valid", "invalid"], "also reads as"),
 ]
 
 
@@ -126,6 +133,7 @@ def test_unclear_requirement_text_is_refused_with_a_fix(description, labels, say
     message = str(err.value)
     assert says in message
     assert "Quote the label" in message and "accept=[...]" in message and "reject=[...]" in message
+    assert f"must be '{labels[0]}'" in message and f"must not be '{labels[-1]}'" in message  # forms it reads
 
 
 @pytest.mark.parametrize(
@@ -171,8 +179,9 @@ def test_accept_and_reject_are_checked_against_the_labels(kwargs, says):
 
 
 def test_mentions_never_count_ordinary_words_or_shorter_overlaps():
-    # "no" unquoted names no label: the yes/no set passes its positive label, and it routes nowhere
-    assert req("The summary must contain no profanity.").passing_labels(YES_NO) == {"yes"}
+    # "no" unquoted names no label, so it routes nowhere; a yes/no set refuses the negating word
+    with pytest.raises(RequirementError, match="'no' can negate"):
+        req("The summary must contain no profanity.").passing_labels(YES_NO)
     with pytest.raises(RequirementError, match="pass adapter="):
         choose_adapter(req("The summary must contain no profanity."), {"a": YES_NO, "b": ["no", "x"]})
     assert req("must be 'no'").passing_labels(YES_NO) == {"no"}

@@ -1,32 +1,48 @@
 """The requirement grammar: which of an adapter's labels a requirement's description lets pass.
 
 Reading a requirement's description (DESIGN §8) is exact or refused: a check that silently answers the
-opposite question is worse than none. The grammar, applied to one adapter's labels:
+opposite question is worse than none. The grammar is closed: it recognises the forms below and refuses
+everything else with a `RequirementError`. Nothing is read by spotting negative words, so a phrasing
+nobody listed is refused, never read as positive.
 
-- Mention: a label in quotes ('x', "x", `x`, ‘x’, “x”). When the description quotes no label, a label
-  written out as a whole phrase also counts, longest first (with labels `piston rings` and `rings`,
-  "piston rings" names only the first). Case is ignored unless two labels differ only by case. Everyday
-  words (yes, no, true, ...) never count unquoted, and neither does anything for a yes/no-like label set.
-- Clauses: the text splits at , ; : . ! ? ( ) / and at and, or, nor, but, so, then and the condition
-  words if, unless, when, while, because, since, although, ...
-- Governing words: the run of words right before a mention drawn from GOVERNORS, HEDGES, negations
-  (not, never, no, none, neither, cannot, any "n't" word, no longer) and exclusions (other than, except,
-  excluding, rather than, instead of, and "but" right before a label). It must hold a verb such as
-  "be"/"is"/"must"/"equal", a negation or an exclusion. One negation or one exclusion excludes the label;
-  a negation plus an exclusion ("not anything other than 'x'") includes it; otherwise it is included.
-- A mention with no governing words continues a list ("must not be 'a', 'b' or 'c'") and takes the
-  previous mention's sense; a mention that opens the description with nothing after it is included.
-- Passing labels: the included ones (none may also be excluded); if none is included, every label but
-  the excluded ones. No mention: a yes/no-like label set passes its positive label (the requirement
-  holds); any other set is refused.
+Tokens. A quoted span ('x', "x", `x`, ‘x’, “x”) is one token: a label when its text is a label, else a
+quoted non-label. Unquoted, a run of words is a label when it is the label's words in order (`-`, `_` and
+spaces are the same inside a label, so "non-compliant" names `non_compliant`; the longest label wins,
+so "piston rings" names `piston rings`, not `rings`); a one-word label that is also a word of this
+grammar (or, not, one, ...) counts only quoted. Case is ignored unless two labels differ only by case or
+separators; then only the exact quoted label counts. Other tokens: words (with their apostrophe: can't),
+the marks , ; . ! ( ) and any other symbol (never part of a form: != == / - ...).
 
-Refused with a `RequirementError` that says how to write it (quote the label, or pass accept=/reject=):
-a negation or exclusion outside a label's governing words (in a clause without labels it is allowed only
-after a condition word: "Unless the engine is not running, ..."), a label inside a condition, words about
-a label after it ("'x' is forbidden") or before it that are not governing words ("differ from 'x'"),
-two negations or two exclusions, a negation with need/have/only/always ("need not be"), "'a' and 'b'"
-both required, included and excluded labels joined by "or", a label both included and excluded, unquoted
-labels beside quoted ones that change the reading, and any passing set that is empty or holds every label.
+Grammar (L: a label token; LIST: L, then more joined by "," / "or" / ", or"; never "and"):
+
+    description := sentence ("." | "!") sentence ... ["." | "!"]    the passing sets intersect
+    sentence    := clause (JOIN clause | [JOIN] ELIDED)*            the passing sets intersect
+    JOIN        := "," | ";" | "and" | ", and" | "("...")" around an ELIDED clause
+    ELIDED      := ("not" | "never" | "but not" | "rather than" | "instead of") LIST -> all but LIST
+                 | "and nothing else", right after a positive LIST                -> unchanged
+    clause      := [subject] HEAD BODY | BODY without LIST (or LIST alone, first in the description)
+    subject     := up to 6 plain words ("The failure mode", "It")
+    HEAD        := must/should/shall/will/has to/have to/needs to/need to + be, is, are   (positive)
+                 | must not/mustn't/must never/must no longer/cannot/can not/can't/won't/shouldn't/
+                   shan't/should not/shall not/will not + be, is not, isn't, is never, are not,
+                   aren't                                                               (negative)
+                 then optionally: classified as, labelled (as), labeled (as), predicted as, marked as
+    BODY        := LIST                                  positive: LIST;        negative: all but LIST
+                 | one of LIST | any of LIST             positive: LIST;        negative: all but LIST
+                 | either L or L ...                     positive: LIST;        negative: all but LIST
+                 | ANY (other than | but | except [for]) LIST   positive: all but LIST; negative: LIST
+                 | neither L [, L] nor L | none of LIST  positive: all but LIST; negative: refused
+    ANY         := anything | any label | any class | any value
+
+A plain word is any word that is not a word of this grammar, not a word that can negate, contrast,
+restrict or condition (not, no, nothing, but, only, free, less, without, unless, if, cant, ...), not
+negated by its form (non..., un..., in-/im-/il-/ir-/dis- adjectives, ...less, ...free) and not a label.
+
+No label named: a yes/no-like label set (yes/no, true/false, 1/0, pass/fail, compliant/non_compliant,
+safe/unsafe, valid/invalid, ok/not_ok, ...) passes its positive label ("the statement holds") only when
+the text holds no quoted span, symbol, word that can negate or restrict, nor a word that names or
+paraphrases a yes/no answer (true, wrong, failure, ...); any other label set is refused. `FORMS` holds
+the README's grammar table: each form, an example and the labels it lets pass.
 """
 
 from __future__ import annotations
@@ -39,37 +55,85 @@ from typing import NoReturn
 
 from validora.errors import RequirementError
 
-YES_LIKE = {"yes", "true", "pass", "passed", "valid", "compliant", "ok", "good", "1", "y"}
-NO_LIKE = {"no", "false", "fail", "failed", "invalid", "non_compliant", "noncompliant", "bad", "0", "n"}
-ORDINARY = {"yes", "no", "not", "none", "y", "n", "ok", "true", "false", "0", "1"}  # labels only when quoted
+YES_LIKE = {"yes", "y", "true", "pass", "passed", "valid", "compliant", "ok", "good", "1", "safe"}
+YES_LIKE |= {"correct", "acceptable", "positive"}
+NO_LIKE = {"no", "n", "false", "fail", "failed", "invalid", "non_compliant", "noncompliant", "bad", "0"}
+NO_LIKE |= {"not_compliant", "unsafe", "not_ok", "incorrect", "unacceptable", "negative", "not_valid"}
 QUOTES = {"'": "'", '"': '"', "`": "`", "‘": "’", "“": "”"}
+ORDINARY = {"yes", "no", "not", "none", "y", "n", "ok", "true", "false", "0", "1"}  # routing: quoted only
 
-NEGATIONS = {"not", "never", "no", "none", "neither", "cannot", "no_longer"}  # and every word ending in n't
-EXCLUSIONS = {"other_than", "except", "excluding", "rather_than", "instead_of"}
-HEADS = {"must", "should", "shall", "will", "would", "can", "could", "may", "might", "be", "is", "are"}
-HEADS |= {"was", "were", "been", "being", "do", "does", "equal", "equals", "match", "matches", "labelled"}
-HEADS |= {"labeled", "classified", "predicted", "marked"}
-FILLERS = {"to", "the", "a", "an", "any", "anything", "something", "everything", "all", "one", "of", "as"}
-FILLERS |= {"label", "labels", "class", "either", "exactly", "also", "ever"}
-HEDGES = {"need", "needs", "have", "has", "had", "necessarily", "always", "only", "just"}
-GOVERNORS = HEADS | FILLERS | HEDGES
-NEGATIVE_WORDS = {"forbidden", "forbid", "prohibited", "prohibit", "disallowed", "disallow", "unacceptable"}
-NEGATIVE_WORDS |= {"wrong", "reject", "rejected", "exclude", "excluded", "avoid", "without"}
-NEGATIVE_WORDS |= {"false", "untrue", "incorrect", "fail", "fails", "stop", "stops", "cease", "ceases"}
-NEGATIVE_WORDS |= {"rarely", "seldom", "hardly", "barely", "lack", "lacks"}
-CONDITIONS = {"if", "unless", "when", "whenever", "where", "while", "whereas", "because", "since"}
-CONDITIONS |= {"although", "though"}
-JOINERS = {"and", "or", "nor", "but", "so", "then"}
-PUNCTUATION = set(",;:.!?()[]/")
-CONTINUERS = {",", "/", "and", "or", "nor"}
-_PHRASES = [
-    (r"\bother\s+than\b", " other_than "),
-    (r"\brather\s+than\b", " rather_than "),
-    (r"\binstead\s+of\b", " instead_of "),
-    (r"\bno\s+longer\b", " no_longer "),
-    (r"\bcan\s+not\b", " cannot "),
-]
-_WORD = re.compile(r"\w+(?:'\w+)*|[,;:.!?()\[\]/]")
+MODALS = {"must", "should", "shall", "will"}
+NEGATED_MODALS = {"mustn't", "shouldn't", "shan't", "won't", "cannot", "can't"}
+COPULAS = {"is": False, "are": False, "isn't": True, "aren't": True}
+GRAMMAR_WORDS = MODALS | NEGATED_MODALS | set(COPULAS) | {"be", "not", "never", "no", "longer", "can"}
+GRAMMAR_WORDS |= {"has", "have", "needs", "need", "to", "classified", "labelled", "labeled", "predicted"}
+GRAMMAR_WORDS |= {"marked", "as", "one", "any", "of", "either", "or", "neither", "nor", "none", "and"}
+GRAMMAR_WORDS |= {"anything", "label", "class", "value", "other", "than", "but", "except", "for"}
+GRAMMAR_WORDS |= {"rather", "instead", "nothing", "else"}
+# Words that can negate, contrast, restrict, condition or hedge: never plain, so never a subject word.
+RESTRICTING = {"nothing", "nobody", "nowhere", "neither", "nor", "none", "no", "not", "never", "without"}
+RESTRICTING |= {"but", "except", "excluding", "exclude", "excluded", "only", "just", "merely", "solely"}
+RESTRICTING |= {"free", "less", "unless", "if", "when", "whenever", "while", "whereas", "though"}
+RESTRICTING |= {"although", "because", "since", "until", "instead", "rather", "otherwise", "else"}
+RESTRICTING |= {"than", "other", "besides", "apart", "aside", "save", "barring", "lest", "neednt"}
+RESTRICTING |= {"false", "untrue", "fail", "fails", "failed", "failing", "lack", "lacks", "lacking"}
+RESTRICTING |= {"avoid", "avoids", "forbid", "forbidden", "prohibited", "disallowed", "reject"}
+RESTRICTING |= {"rejected", "wrong", "incorrect", "stop", "stops", "cease", "ceases", "hardly", "barely"}
+RESTRICTING |= {"rarely", "seldom", "scarcely", "differ", "differs", "different", "unlike", "opposite"}
+RESTRICTING |= {"negate", "negates", "negative", "deny", "denies", "absent", "missing", "may", "might"}
+RESTRICTING |= {"can", "could", "would", "maybe", "perhaps", "possibly", "either", "any", "anything"}
+RESTRICTING |= {"all", "every", "everything", "each", "some", "something", "at", "most", "least"}
+RESTRICTING |= {"exactly", "above", "below", "over", "under", "beyond", "outside", "against", "minus"}
+RESTRICTING |= {"ignore", "ignoring", "regardless", "whether", "or", "and", "then", "so", "yet"}
+RESTRICTING |= {"was", "were", "been", "being", "do", "does", "did", "ever", "nor", "neednt", "aint"}
+CONTRACTED = re.compile(r".*n't|.*(less|free)|non.*|un.*|dis(allow|able|agree|approv|qualif|honest).*")
+CONTRACTED_BARE = {
+    "cant",
+    "dont",
+    "wont",
+    "isnt",
+    "arent",
+    "mustnt",
+    "shouldnt",
+    "shant",
+    "wouldnt",
+    "couldnt",
+}
+CONTRACTED_BARE |= {"doesnt", "didnt", "aint", "neednt", "hasnt", "havent", "wasnt", "werent", "mightnt"}
+IN_ADJECTIVE = re.compile(r"(in|im|il|ir)\w+(able|ible|ate|ent|ant|ive|al|ect|id|ete|ure|ane|ous|ar|per)$")
+PLAIN_EXCEPTIONS = {"unit", "units", "union", "unique", "uniform", "universal", "understand", "unix"}
+PLAIN_EXCEPTIONS |= {"nonce", "important", "immediate", "interval", "internal", "international"}
+PLAIN_EXCEPTIONS |= {"initial", "individual", "intent", "interpretation", "informal", "industrial"}
+# Words that name or paraphrase a yes/no answer: a yes/no set is then read only through the forms.
+ANSWER_WORDS = YES_LIKE | NO_LIKE | {"passes", "passing", "failure", "success", "succeed", "succeeds"}
+ANSWER_WORDS |= {"right", "okay", "accept", "accepted", "allowed", "zero", "compliance", "holds"}
+SUBJECT_NOUNS = {"label", "labels", "class", "value"}  # grammar words that may name the subject
+MARKS = set(",;.!?:()")
+PARTICIPLES = [("classified", "as"), ("labelled", "as"), ("labeled", "as"), ("predicted", "as")]
+PARTICIPLES += [("marked", "as"), ("labelled",), ("labeled",)]
+_TOKEN = re.compile(
+    r"(?P<q>(?<!\w)(?P<open>['\"`‘“])(?P<body>[^'\"`‘’“”\n]*)(?P<close>['\"`’”])(?!\w))"
+    r"|(?P<w>[^\W_]+(?:['’][^\W_]+)?)|(?P<m>[,;.!?:()])|(?P<sep>[\s_\-]+)|(?P<s>.)"
+)
+
+# The README's grammar table: (form, example, what passes with the engine labels below).
+EXAMPLE_LABELS = ["piston_rings", "connecting_rod", "mini_carburetor", "no_failure"]
+FORMS = [
+    ("must be 'A'", "The failure mode must be 'piston_rings'.", "piston_rings"),
+    ("must be 'A' or 'B'", "must be 'piston_rings' or 'connecting_rod'", "connecting_rod, piston_rings"),
+    ("one of 'A', 'B'", "must be one of 'piston_rings', 'connecting_rod'", "connecting_rod, piston_rings"),
+    ("either 'A' or 'B'", "Either 'piston_rings' or 'connecting_rod'", "connecting_rod, piston_rings"),
+    ("must not be 'A'", "The failure mode must not be 'no_failure'.", "all but no_failure"),
+    ("can't / cannot / isn't / must never be 'A'", "It can't be 'no_failure'", "all but no_failure"),
+    ("anything but / except / other than 'A'", "must be anything except 'no_failure'", "all but no_failure"),
+    ("must be neither 'A' nor 'B'", "must be neither 'no_failure' nor 'piston_rings'", "all but no_failure, piston_rings"),
+    ("none of 'A', 'B'", "must be none of 'no_failure', 'piston_rings'", "all but no_failure, piston_rings"),
+    ("must not be anything other than 'A'", "should not be anything other than 'no_failure'", "no_failure"),
+    ("'A', not 'B' / 'A' rather than 'B'", "must be 'piston_rings', not 'no_failure'", "piston_rings"),
+    ("must be 'A' and must not be 'B'", "must be 'piston_rings' and must not be 'no_failure'", "piston_rings"),
+    ("a label that is no English word, unquoted", "must not be no_failure", "all but no_failure"),
+]  # fmt: skip
+ACCEPTED = ("\"must be 'A'\"", "\"must not be 'A'\"", "\"must be 'A' or 'B'\"")
 
 
 @dataclass(frozen=True)
@@ -80,182 +144,296 @@ class Mention:
     quoted: bool
 
 
-def _yes_no(labels: Sequence[str]) -> bool:
-    folded = {label.lower() for label in labels}
-    return folded <= YES_LIKE | NO_LIKE and bool(folded & YES_LIKE)
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "L" label, "Q" quoted non-label, "W" word, "M" mark, "S" symbol
+    text: str  # the label, the quoted text, the lower-cased word or the mark
+    start: int
+    end: int
 
 
-def find_mentions(description: str, labels: Sequence[str], unquoted: bool | None = None) -> list[Mention]:
-    """Where the description names labels: quoted, or as a whole phrase; longest first, no overlaps.
-
-    Unquoted names count by default only for label sets that are not yes/no-like."""
-    folded = Counter(label.casefold() for label in labels)
-    unquoted_ok = not _yes_no(labels) if unquoted is None else unquoted
-    found = []
-    for label in labels:
-        flags = 0 if folded[label.casefold()] > 1 else re.IGNORECASE
-        body = re.escape(label)
-        for opening, closing in QUOTES.items():
-            pattern = rf"(?<!\w){re.escape(opening)}{body}{re.escape(closing)}(?!\w)"
-            found += [
-                Mention(label, m.start(), m.end(), True) for m in re.finditer(pattern, description, flags)
-            ]
-        if unquoted_ok and label.casefold() not in ORDINARY:
-            pattern = rf"(?<![\w-]){body}(?![\w-])"
-            found += [
-                Mention(label, m.start(), m.end(), False) for m in re.finditer(pattern, description, flags)
-            ]
-    chosen: list[Mention] = []
-    for m in sorted(found, key=lambda m: (m.start - m.end, not m.quoted, m.start)):
-        if all(m.end <= c.start or c.end <= m.start for c in chosen):
-            chosen.append(m)
-    return sorted(chosen, key=lambda m: m.start)
+def _norm(text: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", text.casefold()).strip()
 
 
-def refuse_reading(description: str, labels: Sequence[str], why: str) -> NoReturn:
-    """Raise the one RequirementError every refused reading gives: why, and how to write it instead."""
-    raise RequirementError(
-        f"Cannot read {description!r} unambiguously against the labels {list(labels)}: {why}. "
-        f"Quote the label and say must/must not, e.g. \"must be '{labels[0]}'\" or "
-        f"\"must not be '{labels[-1]}'\", or pass accept=[...] or reject=[...]."
+def yes_no(labels: Sequence[str]) -> bool:
+    folded = {_norm(label).replace(" ", "_") for label in labels}
+    return folded <= YES_LIKE | NO_LIKE and bool(folded & YES_LIKE) and bool(folded & NO_LIKE)
+
+
+def _tokens(description: str, labels: Sequence[str], unquoted: bool = True) -> list[Token]:
+    """The description as tokens; quoted labels, then unquoted runs of a label's words, become labels."""
+    clashing = {n for n, count in Counter(_norm(label) for label in labels).items() if count > 1}
+    raw: list[Token] = []
+    for m in _TOKEN.finditer(description):
+        if m.group("q"):
+            body, label = m.group("body"), None
+            if QUOTES[m.group("open")] != m.group("close"):
+                refuse_reading(description, labels, f"its quotes around {body!r} do not match")
+            for candidate in labels:
+                if (body == candidate) if _norm(candidate) in clashing else _norm(body) == _norm(candidate):
+                    label = candidate
+            raw.append(Token("L" if label else "Q", label or body, m.start(), m.end()))
+        elif m.group("w"):
+            raw.append(Token("W", m.group("w").lower().replace("’", "'"), m.start(), m.end()))
+        elif m.group("m") or m.group("s"):
+            raw.append(Token("M" if m.group("m") else "S", m.group(0), m.start(), m.end()))
+    if unquoted is False:
+        return raw
+    spelled = sorted(
+        ((_norm(label).split(), label) for label in labels if _norm(label) not in clashing),
+        key=lambda pair: -len(pair[0]),
     )
-
-
-def read_description(description: str, labels: list[str]) -> set[str]:
-    """The labels the description lets pass (grammar in the module docstring), or a RequirementError."""
-    mentions = find_mentions(description, labels)
-    quoted = [m for m in mentions if m.quoted]
-    if quoted:
-        passing = _parse(description, labels, quoted)
-        if len(quoted) < len(mentions) and _parse(description, labels, mentions) != passing:
-            extra = sorted({m.label for m in mentions if not m.quoted})
-            refuse_reading(description, labels, f"it quotes some labels but also names {extra} unquoted")
-        return passing
-    if mentions:
-        return _parse(description, labels, mentions)
-    if _yes_no(labels):  # the positive label says the requirement holds, whatever its wording
-        positive = {label for label in labels if label.lower() in YES_LIKE}
-        if written := find_mentions(description, labels, unquoted=True):
-            try:
-                other = _parse(description, labels, written)
-            except RequirementError:  # not a sentence about the labels
-                return positive
-            if other != positive:
-                refuse_reading(description, labels, f"it also reads as letting {sorted(other)} pass")
-        return positive
-    refuse_reading(description, labels, "it names none of the labels and they are not yes/no-like")
-
-
-def _tokens(description: str, mentions: list[Mention]) -> list[str | int]:
-    """Lower-cased words and clause punctuation; each mention becomes its index in `mentions`."""
-    tokens: list[str | int] = []
-    pos = 0
-    for i, m in enumerate([*mentions, None]):
-        text = description[pos : m.start if m else len(description)].lower().replace("’", "'")
-        for pattern, joined in _PHRASES:
-            text = re.sub(pattern, joined, text)
-        tokens += _WORD.findall(text)
-        if m:
-            tokens.append(i)
-            pos = m.end
-    # "but" right before a label excludes it ("anything but 'x'"); elsewhere it joins two clauses.
-    following = [*tokens[1:], None]
-    return [
-        "except" if t == "but" and isinstance(nxt, int) else t
-        for t, nxt in zip(tokens, following, strict=True)
-    ]
-
-
-def _negation(word: str | int) -> bool:
-    return isinstance(word, str) and (word in NEGATIONS or word.endswith("n't"))
-
-
-def _cue(words: Sequence[str | int]) -> str | None:
-    """The first word that could turn a label's sense around."""
-    return next((w for w in words if _negation(w) or w in EXCLUSIONS or w in NEGATIVE_WORDS), None)
-
-
-def _clauses(tokens: list[str | int]) -> list[tuple[str | None, int, int]]:
-    """(the word or mark that opened it, start, end) for every non-empty clause."""
-    out, opener, start = [], None, 0
-    for i, t in enumerate([*tokens, "."]):
-        if t in PUNCTUATION or t in JOINERS or t in CONDITIONS:
-            if i > start:
-                out.append((opener, start, i))
-            opener, start = t, i + 1
+    out: list[Token] = []
+    i = 0
+    while i < len(raw):
+        for words, label in spelled:
+            run = raw[i : i + len(words)]
+            if len(words) == 1 and (words[0] in GRAMMAR_WORDS or (unquoted is None and words[0] in ORDINARY)):
+                continue
+            if len(run) == len(words) and all(
+                t.kind == "W" and t.text == w for t, w in zip(run, words, strict=True)
+            ):
+                out.append(Token("L", label, run[0].start, run[-1].end))
+                i += len(words)
+                break
+        else:
+            out.append(raw[i])
+            i += 1
     return out
 
 
-def _governing(tokens: list[str | int], start: int, end: int) -> int:
-    """Where the governing words before tokens[end] begin (end itself when there are none)."""
-    i = end
-    while i > start and (
-        tokens[i - 1] in GOVERNORS or tokens[i - 1] in EXCLUSIONS or _negation(tokens[i - 1])
-    ):
-        i -= 1
-    words = tokens[i:end]
-    return i if any(w in HEADS or w in EXCLUSIONS or _negation(w) for w in words) else end
+def find_mentions(description: str, labels: Sequence[str], unquoted: bool | None = None) -> list[Mention]:
+    """Where the description names labels: quoted, or written out as the label's words, longest first.
+
+    Unquoted names count by default (for routing) only for label sets that are not yes/no-like and
+    never for everyday words (yes, no, true, 0, ...)."""
+    written = (None if not yes_no(labels) else False) if unquoted is None else unquoted
+    spans = {(t.start, t.end) for t in _tokens(description, labels, unquoted=False) if t.kind == "L"}
+    return [
+        Mention(t.text, t.start, t.end, (t.start, t.end) in spans)
+        for t in _tokens(description, labels, unquoted=written)
+        if t.kind == "L"
+    ]
 
 
-def _parse(description: str, labels: list[str], mentions: list[Mention]) -> set[str]:
-    """Passing labels from the mentions and the words that govern each (grammar in the module docstring)."""
-    tokens = _tokens(description, mentions)
+def refuse_reading(description: str, labels: Sequence[str], why: str) -> NoReturn:
+    """Raise the one RequirementError every refused reading gives: why, and the forms that are read."""
+    a, b = labels[0], labels[-1]
+    raise RequirementError(
+        f"Cannot read {description!r} unambiguously against the labels {list(labels)}: {why}. "
+        f"Quote the label and use one of the forms this grammar reads, e.g. \"must be '{a}'\", "
+        f"\"must not be '{b}'\" or \"must be '{a}' or '{b}'\" (README, Requirement grammar), "
+        "or pass accept=[...] or reject=[...]."
+    )
 
-    def refuse(why: str) -> NoReturn:
-        refuse_reading(description, labels, why)
 
-    def show(words: Sequence[str | int]) -> str:
-        return " ".join(repr(mentions[w].label) if isinstance(w, int) else w for w in words)
+def negating(word: str) -> bool:
+    """A word that can negate, contrast, restrict or condition, by itself or by its form."""
+    if word in PLAIN_EXCEPTIONS:
+        return False
+    shaped = CONTRACTED.fullmatch(word) or IN_ADJECTIVE.fullmatch(word)
+    return word in RESTRICTING or word in CONTRACTED_BARE or bool(shaped)
 
-    included: dict[str, bool] = {}  # label -> included (True) or excluded (False)
-    previous: int | None = None  # token position of the previous mention
-    for opener, start, end in _clauses(tokens):
-        spots = [i for i in range(start, end) if isinstance(tokens[i], int)]
-        clause = tokens[start:end]
-        if not spots:
-            if opener not in CONDITIONS and (cue := _cue(clause)):
-                refuse(f"{cue!r} in {show(clause)!r} governs no label")
-            continue
-        if opener in CONDITIONS:
-            refuse(f"a label is inside the condition {opener + ' ' + show(clause)!r}")
-        starts = [start] + [spot + 1 for spot in spots[:-1]]
-        heads = [_governing(tokens, a, spot) for a, spot in zip(starts, spots, strict=True)]
-        for k, spot in enumerate(spots):
-            label = mentions[tokens[spot]].label
-            before = tokens[starts[k] : heads[k]]
-            phrase = tokens[heads[k] : spot]
-            after = tokens[spot + 1 : heads[k + 1] if k + 1 < len(spots) else end]
-            if cue := _cue(before):
-                refuse(f"{cue!r} in {show(before)!r} is not next to {label!r}")
-            if cue := _cue(after):
-                refuse(f"{cue!r} follows {label!r} ({show(after)!r})")
-            if after and (after[0] in HEADS | HEDGES or _negation(after[0])):
-                refuse(f"{label!r} is followed by {show(after)!r}")
-            between = tokens[previous + 1 : spot] if previous is not None else []
-            if phrase:
-                negations = sum(map(_negation, phrase))
-                exclusions = sum(w in EXCLUSIONS for w in phrase)
-                if negations > 1 or exclusions > 1:
-                    refuse(f"{show(phrase)!r} negates {label!r} more than once")
-                if negations and HEDGES & set(phrase):
-                    refuse(f"{show(phrase)!r} does not say whether {label!r} passes")
-                sense = negations == exclusions
-            elif previous is not None and not before and all(t in CONTINUERS for t in between):
-                sense = included[mentions[tokens[previous]].label]
-                if sense and "and" in between:
-                    refuse(
-                        f"an output cannot be both {show([tokens[previous], tokens[spot]])!r}; write 'a' or 'b'"
-                    )
-            elif previous is None and not after and all(w in FILLERS for w in before):
-                sense = True
+
+def plain(word: str) -> bool:
+    """A word that may stand in a subject: no word of the grammar, none that can negate or restrict."""
+    return word in SUBJECT_NOUNS or (word not in GRAMMAR_WORDS and not negating(word))
+
+
+def read_description(description: str, labels: Sequence[str]) -> set[str]:
+    """The labels the description lets pass (grammar in the module docstring), or a RequirementError."""
+    labels = list(labels)
+    tokens = _tokens(description, labels)
+    if any(t.kind == "L" for t in tokens):
+        return _Parser(description, labels, tokens).description()
+    quoted = [t.text for t in tokens if t.kind == "Q"]
+    if quoted:
+        refuse_reading(description, labels, f"it names none of the labels ({quoted[0]!r} is no label)")
+    if not yes_no(labels):
+        refuse_reading(description, labels, "it names none of the labels and they are not yes/no-like")
+    for t in tokens:
+        if t.kind == "S" or (t.kind == "W" and (t.text in ANSWER_WORDS or negating(t.text))):
+            refuse_reading(
+                description,
+                labels,
+                f"{t.text!r} can negate, restrict or name an answer, so the text does not say that "
+                "its statement holding is the passing label",
+            )
+    return {label for label in labels if _norm(label).replace(" ", "_") in YES_LIKE}
+
+
+class _Parser:
+    """Recursive descent over the tokens (grammar in the module docstring); any other text is refused."""
+
+    def __init__(self, description: str, labels: list[str], tokens: list[Token]) -> None:
+        self.text, self.labels, self.tokens, self.pos = description, labels, tokens, 0
+        self.all = set(labels)
+
+    def fail(self, why: str) -> NoReturn:
+        if self.pos < len(self.tokens):
+            near = self.text[self.tokens[self.pos].start :]
+            why = f"{why}; the grammar stops reading at {near[:40]!r}"
+        refuse_reading(self.text, self.labels, why)
+
+    def word(self, at: int = 0) -> str | None:
+        i = self.pos + at
+        return self.tokens[i].text if i < len(self.tokens) and self.tokens[i].kind in "WM" else None
+
+    def take(self, *words: str) -> bool:
+        if all(self.word(k) == w for k, w in enumerate(words)):
+            self.pos += len(words)
+            return True
+        return False
+
+    def is_label(self, at: int = 0) -> bool:
+        i = self.pos + at
+        return i < len(self.tokens) and self.tokens[i].kind == "L"
+
+    def label(self) -> str:
+        if not self.is_label():
+            self.fail("a quoted label is expected here")
+        self.pos += 1
+        return self.tokens[self.pos - 1].text
+
+    def label_list(self) -> set[str]:
+        found = {self.label()}
+        while True:
+            if self.word() in {",", "or"} and self.is_label(1):
+                self.pos += 1
+            elif self.word() == "," and self.word(1) == "or" and self.is_label(2):
+                self.pos += 2
+            elif self.word() == "and" or (self.word() == "," and self.word(1) == "and"):
+                if self.is_label(1) or self.is_label(2):
+                    self.fail("an output has one label, so 'and' between labels cannot hold; write 'or'")
+                return found
             else:
-                refuse(f"no word such as 'must be' or 'must not be' governs {label!r}")
-            mixed = previous is not None and sense != included[mentions[tokens[previous]].label]
-            if mixed and {"or", "nor"} & set(between):
-                refuse(f"{show(between)!r} joins a passing and a failing label")
-            if included.get(label, sense) != sense:
-                refuse(f"{label!r} is both required and excluded")
-            included[label] = sense
-            previous = spot
-    required = {label for label, sense in included.items() if sense}
-    return required or set(labels) - set(included)
+                return found
+            found.add(self.label())
+
+    def description(self) -> set[str]:
+        passing = self.sentence(first=True)
+        while self.pos < len(self.tokens):
+            if not (self.take(".") or self.take("!")):
+                self.fail("this is not one of the forms the grammar reads")
+            if self.pos < len(self.tokens):
+                passing &= self.sentence(first=False)
+        return passing
+
+    def sentence(self, first: bool) -> set[str]:
+        passing, positive_list = self.clause(first)
+        while True:
+            start = self.pos
+            paren = self.take("(")
+            joined = paren or self.take(",") or self.take(";")
+            joined = self.take("and") or joined
+            if not paren and (self.take("nothing", "else") if joined else False):
+                if not positive_list:
+                    self.fail("'nothing else' can only follow a positive list of labels")
+                continue
+            if (
+                self.take("not")
+                or self.take("never")
+                or self.take("but", "not")
+                or self.take("rather", "than")
+                or self.take("instead", "of")
+            ):
+                passing &= self.all - self.label_list()
+                if paren and not self.take(")"):
+                    self.fail("a ')' is expected here")
+            elif joined and not paren:
+                if self.is_label():
+                    self.fail("an output has one label, so 'and' between labels cannot hold; write 'or'")
+                reading, positive_list = self.clause(False)
+                passing &= reading
+            else:
+                self.pos = start
+                return passing
+            positive_list = False
+
+    def clause(self, first: bool) -> tuple[set[str], bool]:
+        body = self.body(positive=True, bare_list=first)
+        if body is not None:
+            return body, False
+        for _ in range(6):  # a subject: plain words only
+            token = self.tokens[self.pos] if self.pos < len(self.tokens) else None
+            if self.head_starts() or not (token and token.kind == "W" and plain(token.text)):
+                break
+            self.pos += 1
+        if not self.head_starts():
+            word = self.word()
+            if word and word not in MARKS and word not in GRAMMAR_WORDS:
+                self.fail(f"{word!r} is no word of a form the grammar reads (it could negate or restrict)")
+            self.fail("a form such as 'must be' or 'must not be' and a quoted label is expected")
+        negative = self.head()
+        before = self.pos
+        body = self.body(positive=not negative, bare_list=True)
+        if body is None:
+            self.fail("a quoted label, 'one of', 'either' or 'anything other than' is expected here")
+        return body, not negative and self.tokens[before].kind == "L"
+
+    def head_starts(self) -> bool:
+        w = self.word()
+        return w in MODALS | NEGATED_MODALS | set(COPULAS) | {"can", "has", "have", "needs", "need"}
+
+    def head(self) -> bool:
+        """Consume a head; True when it negates."""
+        w = self.word()
+        self.pos += 1
+        if w in COPULAS:
+            negative = COPULAS[w] or self.take("not") or self.take("never")
+        else:
+            if w in MODALS:
+                negative = self.take("not") or self.take("never") or self.take("no", "longer")
+            elif w in NEGATED_MODALS or (w == "can" and self.take("not")):
+                negative = True
+            elif w in {"has", "have", "needs", "need"} and self.take("to"):
+                negative = False
+            else:
+                self.pos -= 1
+                self.fail(f"{w!r} does not begin a form the grammar reads")
+            if not self.take("be"):
+                self.fail("'be' is expected here")
+        for phrase in PARTICIPLES:
+            if self.take(*phrase):
+                break
+        return negative
+
+    def body(self, positive: bool, bare_list: bool) -> set[str] | None:
+        if self.take("one", "of") or self.take("any", "of") or self.take("either"):
+            either = self.word(-1) == "either"
+            named = self.label_list()
+            if either and len(named) < 2:
+                self.fail("'either' needs two labels joined by 'or'")
+            return named if positive else self.all - named
+        if self.word() in {"neither", "none"}:
+            if not positive:
+                self.fail("a negated 'neither' or 'none of' is a double negation")
+            if self.take("none", "of"):
+                return self.all - self.label_list()
+            self.take("neither")
+            named = {self.label()}
+            while self.take(",") and self.is_label():
+                named.add(self.label())
+            if not self.take("nor"):
+                self.fail("'neither' needs 'nor'")
+            return self.all - named - {self.label()}
+        if (
+            self.take("anything")
+            or self.take("any", "label")
+            or self.take("any", "class")
+            or self.take("any", "value")
+        ):
+            if not (
+                self.take("other", "than")
+                or self.take("but")
+                or self.take("except", "for")
+                or self.take("except")
+            ):
+                self.fail("'anything' is read only before 'other than', 'but' or 'except'")
+            named = self.label_list()
+            return self.all - named if positive else named
+        if bare_list and self.is_label():
+            named = self.label_list()
+            return named if positive else self.all - named
+        return None
