@@ -133,3 +133,44 @@ def test_a_different_cache_budget_resumes(interrupted, tmp_path):
     )
     assert "cache_memory_gb=0.0" in said  # set on the command line
     assert not state_path(out).exists() and (out / "validora.json").is_file()
+
+
+def _small_state(path: Path) -> dict:
+    """A state as save_state writes it, for a two-tensor model (no training needed)."""
+    from validora.train.resume import RunState, rng_state, save_state
+
+    fp = {"options": {}, "files": {}, "processes": 1}
+    model = {"lora_A.weight": torch.ones(2, 2), "lora_B.weight": torch.zeros(2, 2)}
+    optimizer = {"state": {}, "param_groups": [{"lr": 0.1}]}
+    save_state(
+        path, RunState(), fingerprint=fp, model=model, optimizer=optimizer, scheduler={}, rngs=[rng_state()]
+    )
+    return fp
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.99])
+def test_a_truncated_state_is_a_resume_error_not_a_traceback(tmp_path, cut):
+    from validora.errors import ResumeError
+    from validora.train.resume import load_state
+
+    path = tmp_path / ".a.train-state.safetensors"
+    fp = _small_state(path)
+    assert load_state(path, fp).model["lora_A.weight"].sum() == 4
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(ResumeError, match=r"unreadable.*delete it"):
+        load_state(path, fp)
+
+
+def test_a_state_with_deeply_nested_or_broken_metadata_is_a_resume_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from validora.errors import ResumeError
+    from validora.train.resume import load_state
+
+    path = tmp_path / "s.safetensors"
+    for meta in ["[" * 5000 + "]" * 5000, '{"format": 1, "fingerprint": {}}', '"\\ud800"']:
+        save_file({"x": torch.zeros(1)}, path, metadata={"validora.train_state": meta})
+        with pytest.raises(ResumeError) as exc:
+            load_state(path, {})
+        assert str(path) in str(exc.value)

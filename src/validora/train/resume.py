@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from validora.core import files
+from validora.core.jsonio import parse_json
 from validora.errors import ResumeError
 from validora.train.distributed import Shard, gather_objects, launched_world
 from validora.train.recipe import TrainConfig
@@ -156,25 +157,38 @@ class LoadedState:
 
 
 def load_state(path: Path, expected: dict[str, Any]) -> LoadedState:
-    """Read a state written by `save_state`; another run's (its fingerprint differs) is refused."""
+    """Read a state written by `save_state`; another run's (its fingerprint differs) is refused, and so
+    is a damaged one (truncated, edited): a ResumeError, never a traceback."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["validora.train_state"])
+            raw = (f.metadata() or {}).get("validora.train_state")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        meta = parse_json(raw) if isinstance(raw, str) else None
+    except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
         raise ResumeError(
             f"The saved training state {path} is unreadable ({exc}); delete it and train again."
         ) from None
+    if not isinstance(meta, dict):
+        raise ResumeError(f"{path} holds no validora training state; delete it and train again.")
     if meta.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} was written by another validora version; delete it to start over.")
-    if meta["fingerprint"] != expected:
+    if meta.get("fingerprint") != expected:
         raise ResumeError(
-            f"The saved training state {path} belongs to a different run: {_difference(meta['fingerprint'], expected)}. "
+            f"The saved training state {path} belongs to a different run: {_difference(meta.get('fingerprint'), expected)}. "
             "Run without resume_state to start over (the state is then replaced), or restore that run's settings.",
             option="resume_state",
         )
+    try:
+        return _loaded(meta, tensors)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ResumeError(
+            f"The saved training state {path} is damaged ({type(exc).__name__}: {exc}); delete it and train again."
+        ) from None
+
+
+def _loaded(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoadedState:
     best = meta["best"]
     model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
@@ -201,8 +215,10 @@ def load_state(path: Path, expected: dict[str, Any]) -> LoadedState:
     return LoadedState(run, model, optimizer_state, lrs, meta["scheduler"], rngs)
 
 
-def _difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
+def _difference(saved: Any, now: dict[str, Any]) -> str:
     """The first thing that differs, in words."""
+    if not isinstance(saved, dict):
+        return "it records no fingerprint"
     if saved.get("files", {}).get("datafile") != now["files"].get("datafile"):
         return "the data file's contents differ"
     if saved.get("processes") != now["processes"]:
