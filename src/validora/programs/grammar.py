@@ -13,7 +13,8 @@ grammar (or, not, one, ...) counts only quoted. Case is ignored unless two label
 separators; then only the exact quoted label counts. Other tokens: words (with their apostrophe: can't),
 the marks , ; . ! ( ) and any other symbol (never part of a form: != == / - ...).
 
-Grammar (L: a label token; LIST: L, then more joined by "," / "or" / ", or"; never "and"):
+Grammar (L: a label token; LIST: L, then more joined by "," / "or" / ", or", with "or" before the
+last label unless after one of / any of / none of; never "and"):
 
     description := sentence ("." | "!") sentence ... ["." | "!"]    the passing sets intersect
     sentence    := clause (JOIN clause | [JOIN] ELIDED)*            the passing sets intersect
@@ -100,7 +101,9 @@ CONTRACTED_BARE = {
     "couldnt",
 }
 CONTRACTED_BARE |= {"doesnt", "didnt", "aint", "neednt", "hasnt", "havent", "wasnt", "werent", "mightnt"}
-IN_ADJECTIVE = re.compile(r"(in|im|il|ir)\w+(able|ible|ate|ent|ant|ive|al|ect|id|ete|ure|ane|ous|ar|per)$")
+IN_ADJECTIVE = re.compile(
+    r"(in|im|il|ir)\w+(able|ible|ate|ent|ant|ive|al|ect|id|ete|ure|ane|ous|ar|per|ite|ise|ere|act|man)$"
+)
 PLAIN_EXCEPTIONS = {"unit", "units", "union", "unique", "uniform", "universal", "understand", "unix"}
 PLAIN_EXCEPTIONS |= {"nonce", "important", "immediate", "interval", "internal", "international"}
 PLAIN_EXCEPTIONS |= {"initial", "individual", "intent", "interpretation", "informal", "industrial"}
@@ -113,7 +116,7 @@ PARTICIPLES = [("classified", "as"), ("labelled", "as"), ("labeled", "as"), ("pr
 PARTICIPLES += [("marked", "as"), ("labelled",), ("labeled",)]
 _TOKEN = re.compile(
     r"(?P<q>(?<!\w)(?P<open>['\"`‘“])(?P<body>[^'\"`‘’“”\n]*)(?P<close>['\"`’”])(?!\w))"
-    r"|(?P<w>[^\W_]+(?:['’][^\W_]+)?)|(?P<m>[,;.!?:()])|(?P<sep>[\s_\-]+)|(?P<s>.)"
+    r"|(?P<w>[^\W_]+(?:['’][^\W_]+)?)|(?P<m>[,;.!?:()])|(?P<sep>\s+|_+|(?<=\w)-(?=\w))|(?P<s>.)"
 )
 
 # The README's grammar table: (form, example, what passes with the engine labels below).
@@ -296,18 +299,24 @@ class _Parser:
         self.pos += 1
         return self.tokens[self.pos - 1].text
 
-    def label_list(self) -> set[str]:
-        found = {self.label()}
+    def label_list(self, commas: bool = False) -> set[str]:
+        """LIST: labels joined by "," / "or" / ", or"; only after one of / any of / none of may the
+        last label follow a bare comma ("must be 'a', 'b'" may be a list cut short)."""
+        found, last = {self.label()}, None
         while True:
             if self.word() in {",", "or"} and self.is_label(1):
+                last = self.word()
                 self.pos += 1
             elif self.word() == "," and self.word(1) == "or" and self.is_label(2):
+                last = "or"
                 self.pos += 2
-            elif self.word() == "and" or (self.word() == "," and self.word(1) == "and"):
-                if self.is_label(1) or self.is_label(2):
-                    self.fail("an output has one label, so 'and' between labels cannot hold; write 'or'")
-                return found
+            elif (self.word() == "and" and self.is_label(1)) or (
+                self.word() == "," and self.word(1) == "and" and self.is_label(2)
+            ):
+                self.fail("an output has one label, so 'and' between labels cannot hold; write 'or'")
             else:
+                if last == "," and not commas:
+                    self.fail("a list of labels needs 'or' before its last label")
                 return found
             found.add(self.label())
 
@@ -402,7 +411,7 @@ class _Parser:
     def body(self, positive: bool, bare_list: bool) -> set[str] | None:
         if self.take("one", "of") or self.take("any", "of") or self.take("either"):
             either = self.word(-1) == "either"
-            named = self.label_list()
+            named = self.label_list(commas=not either)
             if either and len(named) < 2:
                 self.fail("'either' needs two labels joined by 'or'")
             return named if positive else self.all - named
@@ -410,7 +419,7 @@ class _Parser:
             if not positive:
                 self.fail("a negated 'neither' or 'none of' is a double negation")
             if self.take("none", "of"):
-                return self.all - self.label_list()
+                return self.all - self.label_list(commas=True)
             self.take("neither")
             named = {self.label()}
             while self.take(",") and self.is_label():
