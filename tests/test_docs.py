@@ -75,3 +75,26 @@ def test_readme_commands_name_real_subcommands_and_options():
         known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
         used = {arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--")}
         assert used <= known, f"m alora {' '.join(argv)}: unknown {sorted(used - known)}"
+
+
+def test_readme_grammar_table_is_the_codes():
+    """The README's requirement grammar table is `grammar_table()`, and its refused examples are refused."""
+    from validora.errors import RequirementError
+    from validora.programs.grammar import EXAMPLE_LABELS, grammar_table
+    from validora.programs.requirements import req
+
+    readme = (ROOT / "README.md").read_text()
+    assert grammar_table() in readme, "README: paste validora.programs.grammar.grammar_table() output"
+    section = readme.split("### Requirement grammar", 1)[1].split("\n## ", 1)[0]
+    refused = re.search(r"Refused, with a `RequirementError`.*?```text\n(.*?)```", section, re.DOTALL)
+    assert refused
+    for line in refused.group(1).splitlines():
+        text, _, why = line.partition("   ")
+        if text.startswith("accept="):
+            continue
+        labels = ["yes", "no"] if "(labels: yes, no)" in why else EXAMPLE_LABELS
+        try:
+            req(text.strip()).passing_labels(labels)
+        except RequirementError:
+            continue
+        raise AssertionError(f"README shows {text.strip()!r} as refused, but it is read")
