@@ -4,6 +4,8 @@ Pure logic, no model. A reading is the set of labels that pass; REFUSED means a 
 shows forms the grammar reads and accept=/reject=.
 """
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -331,7 +333,7 @@ YES_NO_SETS = [
     ("The statement must not be false.", TF, {"true"}),
     ("The statement must be 'false'", TF, {"false"}),
     ("The statement is false", TF, {"false"}),
-    ("The statement holds", TF, REFUSED),
+    ("The statement holds", TF, {"true"}),
     ("The statement is untrue", TF, REFUSED),
     ("The summary is polite", TF, {"true"}),
     ("must be 0", ONE_ZERO, {"0"}),
@@ -506,7 +508,7 @@ EXTRA_WORDS = [
 SEPARATORS = [",", ";", ".", " and", " but", " unless", " if", " (", ", but", " -", ""]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(
     base=st.sampled_from(BASE),
     extra=st.lists(st.sampled_from(EXTRA_WORDS), min_size=1, max_size=6),
@@ -522,8 +524,12 @@ def test_a_form_with_an_extra_clause_reads_as_itself_a_narrower_form_or_is_refus
     narrows the reading; nothing can widen it, turn it around, or leave a word unread. (Words that
     continue the form's own list, "or 'b'", make another form and are not an extra clause.)"""
     text, own = base
-    if not before and separator in {",", ""} and extra[0] in {"or", "nor", ","}:
-        extra = ["so", *extra]
+    if (
+        not before
+        and separator in {",", ""}
+        and (extra[0] in {"or", "nor", ","} or re.search("_|rings", extra[0]))
+    ):
+        extra = ["so", *extra]  # continues the form's list ("one of 'a', 'b'" + ", 'c'"): another form
     if before and not separator:  # words run into the form make another form ("isn't one of ..")
         separator = "."
     clause = " ".join(extra)
@@ -532,13 +538,15 @@ def test_a_form_with_an_extra_clause_reads_as_itself_a_narrower_form_or_is_refus
     assert got == REFUSED or got <= own, (description, got)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     base=st.sampled_from(BASE), extra=st.text(min_size=1, max_size=20), separator=st.sampled_from(SEPARATORS)
 )
 def test_a_form_with_any_text_appended_never_widens_or_flips(base, extra, separator):
     text, own = base
-    if separator in {",", ""} and extra.lstrip().lower().startswith(("or", "nor", ",")):
+    if separator in {",", ""} and extra.lstrip().lower().startswith(
+        ("or", "nor", ",", "'", '"', "`", "‘", "“")
+    ):
         extra = "so " + extra
     got = reading(f"{text}{separator} {extra}", E)
     assert got == REFUSED or got <= own, (text, separator, extra, got)

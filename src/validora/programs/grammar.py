@@ -83,10 +83,11 @@ RESTRICTING |= {"rejected", "wrong", "incorrect", "stop", "stops", "cease", "cea
 RESTRICTING |= {"rarely", "seldom", "scarcely", "differ", "differs", "different", "unlike", "opposite"}
 RESTRICTING |= {"negate", "negates", "negative", "deny", "denies", "absent", "missing", "may", "might"}
 RESTRICTING |= {"can", "could", "would", "maybe", "perhaps", "possibly", "either", "any", "anything"}
-RESTRICTING |= {"all", "every", "everything", "each", "some", "something", "at", "most", "least"}
-RESTRICTING |= {"exactly", "above", "below", "over", "under", "beyond", "outside", "against", "minus"}
-RESTRICTING |= {"ignore", "ignoring", "regardless", "whether", "or", "and", "then", "so", "yet"}
-RESTRICTING |= {"was", "were", "been", "being", "do", "does", "did", "ever", "nor", "neednt", "aint"}
+RESTRICTING |= {"everything", "minus", "ignore", "ignoring", "regardless", "whether", "or", "yet"}
+# Quantifiers and tense words: harmless in a yes/no statement, but never in a subject before a form.
+SUBJECT_BARRED = {"all", "every", "each", "some", "something", "at", "most", "least", "exactly"}
+SUBJECT_BARRED |= {"above", "below", "over", "under", "beyond", "outside", "against", "and", "then"}
+SUBJECT_BARRED |= {"so", "was", "were", "been", "being", "do", "does", "did", "ever"}
 CONTRACTED = re.compile(r".*n't|.*(less|free)|non.*|un.*|dis(allow|able|agree|approv|qualif|honest).*")
 CONTRACTED_BARE = {
     "cant",
@@ -109,7 +110,7 @@ PLAIN_EXCEPTIONS |= {"nonce", "important", "immediate", "interval", "internal", 
 PLAIN_EXCEPTIONS |= {"initial", "individual", "intent", "interpretation", "informal", "industrial"}
 # Words that name or paraphrase a yes/no answer: a yes/no set is then read only through the forms.
 ANSWER_WORDS = YES_LIKE | NO_LIKE | {"passes", "passing", "failure", "success", "succeed", "succeeds"}
-ANSWER_WORDS |= {"right", "okay", "accept", "accepted", "allowed", "zero", "compliance", "holds"}
+ANSWER_WORDS |= {"right", "okay", "accept", "accepted", "allowed", "zero", "one", "compliance"}
 SUBJECT_NOUNS = {"label", "labels", "class", "value"}  # grammar words that may name the subject
 MARKS = set(",;.!?:()")
 PARTICIPLES = [("classified", "as"), ("labelled", "as"), ("labeled", "as"), ("predicted", "as")]
@@ -241,7 +242,9 @@ def negating(word: str) -> bool:
 
 def plain(word: str) -> bool:
     """A word that may stand in a subject: no word of the grammar, none that can negate or restrict."""
-    return word in SUBJECT_NOUNS or (word not in GRAMMAR_WORDS and not negating(word))
+    if word in SUBJECT_NOUNS:
+        return True
+    return word not in GRAMMAR_WORDS and word not in SUBJECT_BARRED and not negating(word)
 
 
 def read_description(description: str, labels: Sequence[str]) -> set[str]:
@@ -255,8 +258,10 @@ def read_description(description: str, labels: Sequence[str]) -> set[str]:
         refuse_reading(description, labels, f"it names none of the labels ({quoted[0]!r} is no label)")
     if not yes_no(labels):
         refuse_reading(description, labels, "it names none of the labels and they are not yes/no-like")
+    digits = any(c.isdigit() for label in labels for c in label)  # "must be 00" paraphrases "0"
     for t in tokens:
-        if t.kind == "S" or (t.kind == "W" and (t.text in ANSWER_WORDS or negating(t.text))):
+        numeric = t.kind == "W" and any(c.isdigit() for c in t.text) and digits
+        if t.kind == "S" or numeric or (t.kind == "W" and (t.text in ANSWER_WORDS or negating(t.text))):
             refuse_reading(
                 description,
                 labels,
