@@ -161,3 +161,29 @@ def test_unknown_keys_warn_once_naming_them_and_the_file(tmp_path):
     with pytest.warns(UserWarning, match=r'd\.jsonl: ignoring unknown field\(s\) "id", "note"') as caught:
         examples = load_jsonl(path)
     assert [e.item for e in examples] == ["a", "b"] and len(caught) == 1
+
+
+def test_deep_nesting_and_lone_surrogates_are_bad_lines_with_their_numbers(tmp_path: Path):
+    from validora.core.data import load_texts
+
+    path = tmp_path / "hostile.jsonl"
+    deep = '{"item": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "a"}'
+    rows = [json.dumps({"item": "fine", "label": "a"}), deep, '{"item": "x\\ud800y", "label": "b"}',
+            '{"item": "ok", "label": "b", "requirement": "\\udfff"}']  # fmt: skip
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for read in (load_jsonl, lambda p: load_texts(p, fmt="jsonl")):
+        with pytest.raises(DataError) as err:
+            read(path)
+        assert [p.line for p in err.value.problems] == [2, 3, 4]
+        text = str(err.value)
+        assert "nested deeper than 64" in text and text.count("lone surrogate") == 2
+
+
+def test_more_than_a_thousand_labels_are_warned_about():
+    many = [Example(f"text {i} {j}", f"label{i}") for i in range(1001) for j in range(2)]
+    with pytest.warns(UserWarning, match="1001 distinct labels"):
+        stratified_split(many, 0.5, seed=0)
+    few = [Example(f"text {i} {j}", f"label{i}") for i in range(1000) for j in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stratified_split(few, 0.5, seed=0)

@@ -232,3 +232,25 @@ def test_prompt_format_2_and_adapters_written_with_1_still_load(trained_adapter,
         else:
             with pytest.raises(AdapterError, match="newer validora"):
                 AdapterInfo.read(copy)
+
+
+def test_a_deeply_nested_or_surrogate_promptfile_is_a_config_error(tmp_path):
+    bad = tmp_path / "p.json"
+    for text in [
+        '{"invocation_prompt": ' + "[" * 50_000 + "]" * 50_000 + "}",
+        '{"invocation_prompt": "\\ud800"}',
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=r"promptfile .* is not valid JSON"):
+            load_promptfile(bad)
+
+
+def test_truncated_count_says_how_many_texts_lose_their_beginning(loaded):
+    from validora.core.prompting import truncated_count, truncation_note
+
+    fmt = PromptFormat(loaded.tokenizer, LABELS, max_length=64)
+    long = " ".join(f"word{i}" for i in range(200))
+    assert truncated_count(fmt, ["short", long, long], [None, None, "must be short"]) == 2
+    assert truncated_count(fmt, ["short"], [None]) == 0
+    note = truncation_note(2, 3, 64)
+    assert note.startswith("2 of 3 text(s) were longer than max_length 64 tokens")

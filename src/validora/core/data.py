@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from validora.core.jsonio import MAX_DEPTH, check_value, parse_json
 from validora.errors import DataError, LineProblem
 
 KNOWN_KEYS = frozenset({"item", "label", "requirement"})
 MAX_REPORTED = 20
+MANY_LABELS = 1000  # above this many distinct labels, training data is warned about (a column of ids?)
 TEXT_FORMATS = ("auto", "jsonl", "text")
 BOM = b"\xef\xbb\xbf"
 _BOM_PROBLEM = "file starts with a UTF-8 byte-order mark (BOM); save it without one"
@@ -37,6 +39,12 @@ def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | No
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg} at column {exc.colno})", set()
+    except RecursionError:
+        return None, f"invalid JSON (it is nested deeper than {MAX_DEPTH} levels)", set()
+    try:
+        check_value(obj)  # nesting deeper than MAX_DEPTH, lone surrogates ("\ud800"): refused by line
+    except ValueError as exc:
+        return None, f"invalid JSON ({exc})", set()
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}", set()
     for key in ("item", "label") if labeled else ("item",):
@@ -145,8 +153,8 @@ def load_jsonl(path: str | Path, *, labeled: bool = True, max_reported: int = MA
 
 def _is_item_object(line: bytes) -> bool:
     try:
-        obj = json.loads(line.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = parse_json(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(obj, dict) and "item" in obj
 
@@ -300,6 +308,12 @@ def stratified_split(
             f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}.", option="val_fraction"
         )
     labels = labels_of(examples)
+    if len(labels) > MANY_LABELS:
+        warnings.warn(
+            f"The data has {len(labels)} distinct labels (more than {MANY_LABELS}); each becomes one class of "
+            "the adapter, its prompts scored once per label. Is the label field holding ids or free text?",
+            stacklevel=2,
+        )
     if len(labels) < 2:
         raise DataError(f"The data has only one label ({labels[0]!r}); a classifier needs at least two.")
     groups = _groups(examples)

@@ -14,13 +14,13 @@ Only the invocation, the labels and the chat template's own scaffolding carry re
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from validora.core.jsonio import parse_json
 from validora.errors import ConfigError, DataError
 
 # 2: item and requirement texts are tokenised as plain text (identical ids unless they spell a special
@@ -88,7 +88,7 @@ def load_promptfile(path: str | Path) -> str:
     """Read `{"invocation_prompt": "..."}`; a broken file is a clear error, never a silent default."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_bytes())  # deep nesting and lone surrogates are refused too
     except FileNotFoundError:
         raise ConfigError(f"promptfile {path} does not exist.", option="promptfile") from None
     except IsADirectoryError:
@@ -99,8 +99,8 @@ def load_promptfile(path: str | Path) -> str:
         raise ConfigError(
             f"promptfile {path} cannot be read (permission denied).", option="promptfile"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"promptfile {path} is not valid JSON: {exc}", option="promptfile") from None
+    except ValueError as exc:
+        raise ConfigError(f"promptfile {path} is not valid JSON: {exc}.", option="promptfile") from None
     prompt = data.get("invocation_prompt") if isinstance(data, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError(
@@ -246,6 +246,21 @@ class PromptFormat:
                 "This tokenizer encodes the adapter's invocation prompt or labels differently from the "
                 "tokenizer it was trained with; use the adapter's own base model."
             )
+
+
+def truncated_count(fmt: Format, items: Sequence[str], requirements: Sequence[str | None]) -> int:
+    """How many of `items` lose their beginning to the format's max_length (each beside its requirement,
+    as the adapter will see it): what a caller warns about, since scoring cuts them without a word."""
+    return sum(fmt.encode(item, req).truncated > 0 for item, req in zip(items, requirements, strict=True))
+
+
+def truncation_note(count: int, total: int, max_length: int, setting: str = "max_length") -> str:
+    """The warning for `count` of `total` texts cut to `max_length` tokens (`setting` names the limit)."""
+    return (
+        f"{count} of {total} text(s) were longer than {setting} {max_length} tokens (the limit the adapter "
+        "was trained with) and lost their beginning: only their last part was scored. Shorten them, or "
+        f"train with a larger {setting}."
+    )
 
 
 JUDGE_QUESTION = (
