@@ -42,7 +42,8 @@ negated by its form (non..., un..., in-/im-/il-/ir-/dis- adjectives, ...less, ..
 No label named: a yes/no-like label set (yes/no, true/false, 1/0, pass/fail, compliant/non_compliant,
 safe/unsafe, valid/invalid, ok/not_ok, ...) passes its positive label ("the statement holds") only when
 the text holds no quoted span, symbol, word that can negate or restrict, nor a word that names or
-paraphrases a yes/no answer (true, wrong, failure, ...); any other label set is refused. `FORMS` holds
+paraphrases a yes/no answer (true, wrong, failure, ..., and any number when a label is one); any other
+label set is refused. `FORMS` holds
 the README's grammar table: each form, an example and the labels it lets pass.
 """
 

@@ -1,7 +1,8 @@
 """Requirements and their validation: Python checks, adapter checks, or the base model as a yes/no judge.
 
-Which labels a description lets pass is read by the grammar in `programs/grammar.py` (DESIGN §8): exact
-or refused. Here: the `Requirement` record, routing a requirement to its judge, and the results.
+Which labels a description lets pass is read by the closed grammar in `programs/grammar.py` (DESIGN §8):
+a few forms are read, everything else is refused. Here: the `Requirement` record, routing a
+requirement to its judge, and the results.
 """
 
 from __future__ import annotations
