@@ -186,3 +186,25 @@ memorise their training examples, and a lexical model (`lexical.safetensors`) li
 n-grams of the training texts; do not publish an adapter trained on private data.
 """
     return "\n".join(front) + "\n" + body
+
+
+def front_matter(text: str, where: str) -> dict[str, Any]:
+    """The YAML front matter of a model card, read as gguf's converter reads it (between `---` lines,
+    tabs as spaces), but through ioyaml.safe_yaml: no aliases, bounded nesting. {} when there is none;
+    a ConfigError naming `where` when it is not a YAML mapping."""
+    from validora.adapter.ioyaml import safe_yaml
+    from validora.errors import ConfigError
+
+    lines = text.splitlines()
+    if not lines or lines[0] != "---":
+        return {}
+    body = []
+    for line in lines[1:]:
+        if line == "---":
+            break
+        body.append(line)
+    yaml_text = ("\n".join(body) + "\n").replace("- no\n", '- "no"\n').replace("\t", "  ")
+    data, _ = safe_yaml(yaml_text, where)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: the front matter is a YAML {type(data).__name__}, not a mapping.")
+    return data or {}

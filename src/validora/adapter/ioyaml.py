@@ -83,25 +83,64 @@ def _enums(schema: Any) -> list[list[Any]]:
     return []
 
 
-def _load(path: Path) -> tuple[str, Any, Any]:
-    """The file's text, its data and its composed node (for line numbers); a ConfigError if unreadable."""
+MAX_BYTES = 1024 * 1024  # an io.yaml is a few hundred bytes
+MAX_DEPTH = 64  # as core/jsonio's
+
+
+def safe_yaml(text: str, where: str) -> tuple[Any, Any]:
+    """(data, composed node) of a YAML text, refusing anchors and aliases (`&a`, `*a`): a recursive
+    alias exhausts the recursion limit and a tree of them ("billion laughs") expands without end, and
+    no io.yaml or model card needs one. A ConfigError (with `where`, the file, and a line) otherwise."""
     import yaml
 
+    depth = 0
     try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"{where}:{event.start_mark.line + 1}: the YAML is nested deeper than {MAX_DEPTH} levels."
+                )
+            anchor = getattr(event, "anchor", None)
+            if isinstance(event, yaml.AliasEvent) or anchor is not None:
+                line = event.start_mark.line + 1
+                raise ConfigError(
+                    f"{where}:{line}: YAML anchors and aliases (&{anchor} / *{anchor}) are not accepted "
+                    "here: write the value out in full."
+                )
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise ConfigError(f"{at}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:  # e.g. control characters: reported without a mark
+        raise ConfigError(f"{where}: YAML error: {exc}") from None
+    return data, node
+
+
+def _load(path: Path) -> tuple[str, Any, Any]:
+    """The file's text, its data and its composed node (for line numbers); a ConfigError if unreadable."""
+    try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a regular file; give the io.yaml file itself.")
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(
+                f"{path} is {path.stat().st_size / 2**20:.1f} MiB; an io.yaml is a few lines "
+                f"(at most {MAX_BYTES // 2**20} MiB read). Check that it is the right file."
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"io_yaml {path} does not exist.", option="io_yaml") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: YAML syntax error: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:  # e.g. control characters: reported without a mark
-        raise ConfigError(f"{path}: YAML error: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}.") from None
+    data, node = safe_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: io.yaml must be a mapping of fields ({', '.join(REQUIRED)}).")
     return text, data, node
@@ -113,9 +152,11 @@ def _schema(fmt: Any) -> tuple[Any, str | None]:
         return fmt, None
     if not isinstance(fmt, str):
         return None, "'response_format' must be a JSON schema (a string or a mapping)."
+    from validora.core.jsonio import parse_json
+
     try:
-        return json.loads(fmt), None
-    except json.JSONDecodeError as exc:
+        return parse_json(fmt), None
+    except ValueError as exc:
         return None, f"'response_format' is not valid JSON: {exc}."
 
 

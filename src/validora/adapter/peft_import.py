@@ -10,14 +10,17 @@ directory kept) or into a new directory. Labels are scored as validora's own Pro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from validora.adapter.layouts import KINDS, is_adapter_file
-from validora.adapter.saving import check_target, staged_directory
+from validora.adapter.saving import check_target, recover, staged_directory
 from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo
+from validora.core.files import links_leaving
+from validora.core.jsonio import parse_json
 from validora.core.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
 from validora.core.names import public_name
 from validora.core.prompting import DEFAULT_MAX_LENGTH, PromptFormat
@@ -61,9 +64,11 @@ def read_config(source: Path) -> dict[str, Any]:
         hint = f" Adapters in the intrinsics layout below it: {', '.join(nested)}." if nested else ""
         raise ConfigError(f"{source} is not a PEFT adapter directory: it has no {CONFIG_FILE}.{hint}")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        config = parse_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON: {exc}. Restore it from the tool that trained the adapter."
+        ) from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object.")
     if config.get("peft_type", "LORA") != "LORA" or config.get("task_type") not in (None, "CAUSAL_LM"):
@@ -225,8 +230,16 @@ def import_adapter(
     from validora import __version__
 
     source = Path(source)
+    if not os.path.lexists(source):
+        recover(source)  # an in-place import killed between its two renames: the directory comes back
     if not source.is_dir():
         raise ConfigError(f"Adapter directory not found: {source}")
+    if links := links_leaving(source):
+        raise ConfigError(
+            f"{source} holds symbolic links to files outside it:\n  " + "\n  ".join(links) + "\nvalidora "
+            "does not import them (a copy would take in, and an upload publish, a file that is not part "
+            "of the adapter). Replace each with a copy of the file if it belongs in the adapter."
+        )
     target = Path(outfile) if outfile is not None else source
     in_place = target.resolve() == source.resolve()
     if (source / INFO_FILE).is_file():
@@ -279,14 +292,21 @@ def import_adapter(
 
 
 def _copy_adapter_files(source: Path, staging: Path, *, every: bool) -> list[str]:
-    """Copy the adapter's own files (links followed) and return the entries left out (folders,
+    """Copy the adapter's own files (links, all inside it, followed) and return the entries left out (folders,
     pickles, data); `every`: in place, copy every entry as it is (staged_directory checks that too)."""
     skipped = []
     for entry in sorted(source.iterdir()):
         if every and entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, staging / entry.name, symlinks=True)
-        elif every or (entry.is_file() and is_adapter_file(entry.name)):
+        elif every or (entry.is_file() and _adapter_file(entry.name)):
             shutil.copy2(entry, staging / entry.name, follow_symlinks=not every)
         else:
             skipped.append(entry.name + ("/" if entry.is_dir() else ""))
     return skipped
+
+
+def _adapter_file(name: str) -> bool:
+    """An entry a copy takes: not hidden, no pickle, nothing an upload would refuse as data."""
+    from validora.adapter.publish import is_pickle, looks_like_data
+
+    return is_adapter_file(name) and not is_pickle(name) and not looks_like_data(name)

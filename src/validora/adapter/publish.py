@@ -18,7 +18,8 @@ from typing import Any
 from validora.adapter import hub, ioyaml, layouts
 from validora.adapter.card import model_card, public_base
 from validora.adapter.layouts import DATA_SUFFIXES, PICKLE_SUFFIXES
-from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WRITTEN_FILES, AdapterInfo
+from validora.adapter.schema import CONFIG_FILE, INFO_FILE, LEXICAL_FILE, WRITTEN_FILES, AdapterInfo
+from validora.core.jsonio import parse_json
 from validora.core.names import public_name
 from validora.errors import AdapterError, HubError
 
@@ -29,6 +30,62 @@ MEMORISATION_WARNING = (
     "(lexical.safetensors) lists the words and character n-grams of the training texts outright. Do not "
     "publish an adapter trained on private or personal data."
 )
+# What the upload refuses as pickles (never published) and as data (unless allowed), beyond layouts'
+# sets (which also decide what a download takes and what a re-upload deletes, so they stay narrow).
+REFUSED_PICKLES = PICKLE_SUFFIXES | {".joblib", ".npy", ".npz", ".pkl", ".pickle", ".dill", ".sav"}
+REFUSED_DATA = DATA_SUFFIXES | {
+    ".json", ".ndjson", ".txt", ".tar", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".jsonl",
+}  # fmt: skip
+# JSON and text files an adapter (or a base model's tokenizer beside it) holds that are not data.
+METADATA_FILES = frozenset(
+    {
+        *WRITTEN_FILES, INFO_FILE, CONFIG_FILE, "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+        "generation_config.json", "chat_template.json", "config.json", "trainer_state.json",
+        "training_args.json",
+    }
+)  # fmt: skip
+
+
+def is_pickle(name: str) -> bool:
+    """A file that may hold pickled objects (loading it can run code), by its suffixes."""
+    return bool({s.lower() for s in Path(name).suffixes} & REFUSED_PICKLES)
+
+
+def looks_like_data(name: str) -> bool:
+    """A file that looks like training data or an archive of it, by its suffixes (metadata aside)."""
+    path = Path(name)
+    return path.name not in METADATA_FILES and bool({s.lower() for s in path.suffixes} & REFUSED_DATA)
+
+
+def training_text_files(directory: str | Path) -> list[str]:
+    """The adapter's files that carry training text outright: the lexical model (the words and
+    character n-grams of the training texts) and files that look like data."""
+    directory = Path(directory)
+    found = [LEXICAL_FILE] if (directory / LEXICAL_FILE).is_file() else []
+    return found + [
+        str(p.relative_to(directory))
+        for p in adapter_files(directory)
+        if p.name != LEXICAL_FILE and looks_like_data(p.name)
+    ]
+
+
+def data_warning(directory: str | Path, *, private: bool) -> str:
+    """What an upload says about training data, public or private: a private repository is read by
+    everyone given access to it, and by all if it is ever made public."""
+    carried = training_text_files(directory)
+    named = (
+        f" Files that carry training text: {', '.join(carried)}."
+        if carried
+        else " No file of it holds training text outright, but the weights can still reproduce examples."
+    )
+    if not private:
+        return MEMORISATION_WARNING + named
+    return (
+        "The repository will be private, but everyone given access to it can read it, and anyone "
+        "if it is ever made public: the adapter can reproduce training examples it memorised." + named
+        + " Do not upload an adapter trained on data those readers may not see."
+    )  # fmt: skip
 
 
 def adapter_kind(directory: Path, info: AdapterInfo) -> str:
@@ -36,7 +93,13 @@ def adapter_kind(directory: Path, info: AdapterInfo) -> str:
 
     An `alora_invocation_tokens` key that is present but null is a plain LoRA.
     """
-    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    path = directory / CONFIG_FILE
+    try:
+        config = parse_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{path} is not readable JSON: {exc}. Restore it from the training run.") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path} must hold a JSON object. Restore it from the training run.")
     peft_alora = config.get("alora_invocation_tokens") is not None
     if info.adapter_type not in layouts.KINDS or peft_alora != info.is_alora:
         raise AdapterError(
@@ -73,12 +136,11 @@ def refused_files(directory: Path, *, allow_data: bool) -> tuple[list[str], list
     pickles, data = [], []
     for path in adapter_files(directory):
         rel = path.relative_to(directory)
-        suffixes = {s.lower() for s in path.suffixes}
-        if suffixes & PICKLE_SUFFIXES:
-            pickles.append(f"{rel} (pickled weights: validora loads safetensors only)")
+        if is_pickle(path.name):
+            pickles.append(f"{rel} (may hold pickled weights or objects: validora loads safetensors only)")
         elif allow_data:
             continue
-        elif suffixes & DATA_SUFFIXES:
+        elif looks_like_data(path.name):
             data.append(f"{rel} (looks like training data)")
         elif path.suffix != ".safetensors" and path.stat().st_size > MAX_OTHER_BYTES:
             data.append(f"{rel} ({path.stat().st_size / 1e6:.0f} MB and not weights: data?)")
@@ -115,8 +177,8 @@ def scrub(value: Any, removed: set[str]) -> Any:
 def _public_json(path: Path, public: AdapterInfo, removed: set[str]) -> bytes:
     """A JSON file of the adapter without this machine's paths (home directories, data files)."""
     try:
-        data = scrub(json.loads(path.read_text(encoding="utf-8")), removed)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = scrub(parse_json(path.read_bytes()), removed)
+    except (OSError, ValueError) as exc:
         raise AdapterError(f"{path} is not valid JSON: {exc}") from None
     if path.name == CONFIG_FILE and isinstance(data, dict):  # PEFT's field: the hub id when there is one
         data["base_model_name_or_path"] = public_base(public.base_model)
@@ -221,7 +283,8 @@ def build(
         else:
             shutil.copy2(path, target / rel)
     metrics_path = target / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics = parse_json(metrics_path.read_bytes()) if metrics_path.is_file() else {}  # scrubbed above
+    metrics = metrics if isinstance(metrics, dict) else {}
     name = prefix.split("/")[0] if prefix else None
     card = model_card(public, metrics, repo_id=repo_id, intrinsic_name=name)
     (target / "README.md").write_text(card, encoding="utf-8")

@@ -54,8 +54,8 @@ def upload(
         raise ConfigError("--intrinsic-name only applies with --intrinsic.")
     if io_yaml is not None and not intrinsic:
         console.print("[yellow]Note:[/] --io-yaml is published beside the weights at the repository root.")
-    if not private:
-        console.print(f"[bold yellow]Warning:[/] {publish.MEMORISATION_WARNING}", soft_wrap=True)
+    warning = escape(publish.data_warning(adapter, private=private))
+    console.print(f"[bold yellow]{'Note' if private else 'Warning'}:[/] {warning}", soft_wrap=True)
     with console.status(f"Uploading {escape(str(adapter))} to {escape(name)}..."):
         plan, done = publish.upload(
             adapter, name, private=private, intrinsic=intrinsic, intrinsic_name=intrinsic_name,

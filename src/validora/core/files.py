@@ -281,3 +281,26 @@ def recover(
     if stranded:
         done.append(f"kept {', '.join(stranded)}: it holds files {target} lacks, move them back")
     return done
+
+
+def links_leaving(directory: Path, *, allowed: Path | None = None) -> list[str]:
+    """Symbolic links under `directory` (not followed into linked folders) whose target lies outside it
+    (or nowhere), shown as `link -> target`: a copy or upload that followed one would take a file the
+    user never put in the directory. `allowed`: a folder such links may point into as well (the
+    Hugging Face cache keeps a snapshot's files as links to its blobs)."""
+    directory = Path(directory)
+    root = directory.resolve()
+    roots = [root] + ([Path(allowed).resolve()] if allowed is not None else [])
+    found = []
+    for base, folders, names in os.walk(directory):  # os.walk does not enter linked folders
+        for name in sorted(folders + names):
+            path = Path(base) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # dangling or a loop
+                target = None
+            if target is None or not any(target == r or target.is_relative_to(r) for r in roots):
+                found.append(f"{path.relative_to(directory)} -> {os.readlink(path)}")
+    return sorted(found)

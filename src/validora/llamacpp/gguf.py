@@ -11,8 +11,8 @@ llama.cpp tree and the base model's config; this needs only the `gguf` package.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from validora.adapter.loading import resolve_adapter_dir
-from validora.adapter.saving import recover
+from validora.adapter.saving import _pause_for_tests, recover
 from validora.adapter.schema import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo
 from validora.core import files
+from validora.core.jsonio import parse_json
 from validora.core.models import BaseModelSpec, resolve_base_model
 from validora.core.targets import DECODER_PROJECTIONS
 from validora.errors import AdapterError, ConfigError, ModelError
@@ -104,7 +105,13 @@ def _config(spec: BaseModelSpec) -> dict[str, Any]:
             f"The config of base model {spec.name!r} is not available locally; download the model first "
             "(`hf download` or a first `m alora predict`) or pass its directory as basemodel."
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = parse_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"The config of base model {spec.name!r} ({path}) is unreadable: {exc}.") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"The config of base model {spec.name!r} ({path}) must hold a JSON object.")
+    return config
 
 
 def conversion_hint(spec: BaseModelSpec) -> str | None:
@@ -116,10 +123,56 @@ def conversion_hint(spec: BaseModelSpec) -> str | None:
 
 
 def _lora_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
     try:
-        return json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{directory / CONFIG_FILE} is unreadable: {exc}") from None
+        config = parse_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{path} is unreadable: {exc}. Restore it from the training run.") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path} must hold a JSON object. Restore it from the training run.")
+    if not isinstance(config.get("lora_alpha"), int | float) or isinstance(config["lora_alpha"], bool):
+        raise AdapterError(f"{path}: lora_alpha must be a number, not {config.get('lora_alpha')!r}.")
+    return config
+
+
+def _check_links(directory: Path) -> None:
+    """Refuse links out of the adapter directory (those of a Hugging Face cache snapshot to its blobs
+    aside): the export would read what the user never put in the adapter."""
+    parts = directory.resolve().parts
+    cached = "snapshots" in parts and parts[parts.index("snapshots") - 1].startswith("models--")
+    allowed = Path(*parts[: parts.index("snapshots")]) if cached else None
+    if links := files.links_leaving(directory, allowed=allowed):
+        raise AdapterError(
+            f"{directory} holds symbolic links to files outside it:\n  " + "\n  ".join(links) + "\nvalidora "
+            "does not export through them. Replace each with a copy of the file if it belongs in the adapter."
+        )
+
+
+def _metadata(gguf: Any, directory: Path, total_params: int) -> Any:
+    """gguf's metadata heuristics (what the converter records: name, tags, ... from README.md and
+    config.json), on files checked first: a broken or hostile card is skipped with a warning, not a crash."""
+    from validora.adapter.card import front_matter
+
+    problem = None
+    try:
+        card = directory / "README.md"
+        if card.is_file():
+            front_matter(card.read_text(encoding="utf-8"), f"{card} (front matter)")
+        for name in ("config.json", "generation_config.json"):
+            if (directory / name).is_file():
+                parse_json((directory / name).read_bytes())
+    except (ConfigError, OSError, ValueError) as exc:
+        problem = str(exc)
+    if problem is None:
+        try:
+            return gguf.Metadata.load(None, directory, None, total_params)
+        except Exception as exc:  # gguf's heuristics on the user's card: any type may fail
+            problem = f"gguf could not read its metadata: {type(exc).__name__}: {exc}"
+    warnings.warn(
+        f"{directory}: {problem}. The GGUF is written without the card's metadata (name, tags, license).",
+        stacklevel=3,
+    )
+    return gguf.Metadata.load(None, None, None, total_params)
 
 
 def _check_expressible(config: dict[str, Any], info: AdapterInfo, directory: Path) -> list[int] | None:
@@ -155,21 +208,38 @@ def _pairs(directory: Path) -> dict[str, dict[str, np.ndarray]]:
     """PEFT tensors grouped by the base weight they adapt, in the file's key order (as the converter)."""
     from safetensors import safe_open
 
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterError(f"{directory} has no {WEIGHTS_FILE} (or it is not a regular file).")
     pairs: dict[str, dict[str, np.ndarray]] = {}
-    with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            base = key.replace("base_model.model.", "", 1)
-            for part in ("A", "B"):
-                if base.endswith(f".lora_{part}.weight"):
-                    weight = base.removesuffix(f".lora_{part}.weight") + ".weight"
-                    tensor = f.get_tensor(key).float().numpy()
-                    pairs.setdefault(weight, {})[part] = np.ascontiguousarray(tensor)
-                    break
-            else:
-                raise ConfigError(
-                    f"{directory / WEIGHTS_FILE} holds {key}, which is not a LoRA A/B matrix; "
-                    "a llama.cpp LoRA adapter cannot express it."
-                )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                base = key.replace("base_model.model.", "", 1)
+                for part in ("A", "B"):
+                    if base.endswith(f".lora_{part}.weight"):
+                        weight = base.removesuffix(f".lora_{part}.weight") + ".weight"
+                        tensor = f.get_tensor(key).float().numpy()
+                        pairs.setdefault(weight, {})[part] = np.ascontiguousarray(tensor)
+                        break
+                else:
+                    raise ConfigError(
+                        f"{path} holds {key}, which is not a LoRA A/B matrix; "
+                        "a llama.cpp LoRA adapter cannot express it."
+                    )
+    except ConfigError:
+        raise
+    except Exception as exc:  # safetensors and torch raise their own error types
+        raise AdapterError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it is truncated or "
+            "not the adapter's weights. Restore it from the training run."
+        ) from None
+    if not pairs:
+        raise AdapterError(f"{path} holds no LoRA weights (no lora_A/lora_B tensors).")
+    for weight, pair in pairs.items():
+        if any(t.ndim != 2 for t in pair.values()):
+            shapes = {k: tuple(t.shape) for k, t in pair.items()}
+            raise AdapterError(f"{path}: the LoRA matrices of {weight} are not 2-D: {shapes}.")
     return pairs
 
 
@@ -234,6 +304,7 @@ def export_gguf(
     import gguf
 
     directory, _ = resolve_adapter_dir(adapter_dir)
+    _check_links(directory)
     info = AdapterInfo.read(directory)
     config = _lora_config(directory)
     tokens = _check_expressible(config, info, directory)
@@ -253,7 +324,7 @@ def export_gguf(
     for name, data in tensors:
         writer.add_tensor(name, data)
     total_params = writer.get_total_parameter_count()[0]
-    metadata = gguf.Metadata.load(None, directory, None, total_params)
+    metadata = _metadata(gguf, directory, total_params)
     if metadata.name is None:  # the converter falls back to the base model directory's name
         metadata.name = Path(shape.gguf or basemodel or info.base_model).name
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -299,6 +370,7 @@ def _write_atomically(writer: Any, out: Path) -> None:
                 writer.write_kv_data_to_file()
                 writer.write_tensors_to_file(progress=False)
                 writer.close()
+                _pause_for_tests("staged")
             except OSError as exc:
                 kept = "The earlier file there is kept." if out.exists() else "Nothing was written."
                 raise AdapterError(f"Could not write {out}: {exc}. {kept}") from exc
