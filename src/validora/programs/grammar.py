@@ -112,6 +112,16 @@ PLAIN_EXCEPTIONS |= {"initial", "individual", "intent", "interpretation", "infor
 # Words that name or paraphrase a yes/no answer: a yes/no set is then read only through the forms.
 ANSWER_WORDS = YES_LIKE | NO_LIKE | {"passes", "passing", "failure", "success", "succeed", "succeeds"}
 ANSWER_WORDS |= {"right", "okay", "accept", "accepted", "allowed", "zero", "one", "compliance"}
+ANSWER_WORDS |= {"affirmative", "nay", "nope", "yeah", "yep", "aye", "agree", "agrees", "disagree", "deny"}
+ANSWER_WORDS |= {"denied", "decline", "declined", "refuse", "refused", "lie", "lies", "lying", "fake"}
+ANSWER_WORDS |= {"bogus", "truth", "truthful", "factual", "accurate", "mistaken", "mistake", "mistakes"}
+ANSWER_WORDS |= {"error", "errors", "erroneous", "dangerous", "harmful", "harm", "hazardous", "risky"}
+ANSWER_WORDS |= {"risk", "toxic", "offensive", "benign", "secure", "malformed", "broken", "corrupt"}
+ANSWER_WORDS |= {"corrupted", "wellformed", "conform", "conforms", "comply", "complies", "violate"}
+ANSWER_WORDS |= {"violates", "violation", "violations", "breach", "breaches", "poor", "great", "fine"}
+ANSWER_WORDS |= {"excellent", "terrible", "awful", "alright", "problematic", "problem", "problems"}
+ANSWER_WORDS |= {"issue", "issues", "flawed", "flaw", "flaws", "defective", "proper", "approve"}
+ANSWER_WORDS |= {"approved", "appropriate", "permitted", "legitimate", "legit", "bogus", "sound"}
 SUBJECT_NOUNS = {"label", "labels", "class", "value"}  # grammar words that may name the subject
 MARKS = set(",;.!?:()")
 PARTICIPLES = [("classified", "as"), ("labelled", "as"), ("labeled", "as"), ("predicted", "as")]
