@@ -561,6 +561,15 @@ def test_a_form_with_any_text_appended_never_widens_or_flips(base, extra, separa
     assert got == REFUSED or got <= own, (text, separator, extra, got)
 
 
+@pytest.mark.parametrize(("description", "labels", "expected"), TABLE)
+def test_read_description_alone_gives_the_same_reading(description, labels, expected):
+    try:
+        got = read_description(description, labels)
+    except RequirementError:
+        got = REFUSED
+    assert got == expected
+
+
 def test_unquoted_words_in_a_yes_no_text_are_checked_word_by_word():
     # no word of the text may negate or answer; a quoted non-label is refused for every label set
     for text in ["The reply mentions 'Paris'", "The reply is polite; it is kind."]:

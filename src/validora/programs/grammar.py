@@ -234,7 +234,7 @@ def find_mentions(description: str, labels: Sequence[str], unquoted: bool | None
 
 def refuse_reading(description: str, labels: Sequence[str], why: str) -> NoReturn:
     """Raise the one RequirementError every refused reading gives: why, and the forms that are read."""
-    a, b = labels[0], labels[-1]
+    a, b = (labels[0], labels[-1]) if labels else ("A", "B")
     raise RequirementError(
         f"Cannot read {description!r} unambiguously against the labels {list(labels)}: {why}. "
         f"Quote the label and use one of the forms this grammar reads, e.g. \"must be '{a}'\", "
@@ -263,7 +263,11 @@ def read_description(description: str, labels: Sequence[str]) -> set[str]:
     labels = list(labels)
     tokens = _tokens(description, labels)
     if any(t.kind == "L" for t in tokens):
-        return _Parser(description, labels, tokens).description()
+        passing = _Parser(description, labels, tokens).description()
+        if not passing or passing == set(labels):
+            which, outcome = ("no label", "fail") if not passing else ("every label", "pass")
+            refuse_reading(description, labels, f"it lets {which} pass, so the check would always {outcome}")
+        return passing
     quoted = [t.text for t in tokens if t.kind == "Q"]
     if quoted:
         refuse_reading(description, labels, f"it names none of the labels ({quoted[0]!r} is no label)")
