@@ -47,7 +47,9 @@ def test_label_predicates():
     assert req("whatever", accept=["no_failure"]).passing_labels(labels) == {"no_failure"}
     assert req("whatever", reject=["no_failure"]).passing_labels(labels) == set(labels) - {"no_failure"}
     assert req("Is the summary polite?").passing_labels(["yes", "no"]) == {"yes"}
-    assert req("Compliant with house style").passing_labels(["non_compliant", "compliant"]) == {"compliant"}
+    assert req("must be 'compliant'").passing_labels(["non_compliant", "compliant"]) == {"compliant"}
+    with pytest.raises(RequirementError):  # a label named outside any form the grammar reads
+        req("Compliant with house style").passing_labels(["non_compliant", "compliant"])
     with pytest.raises(RequirementError, match="accept=") as err:
         req("The summary is good.").passing_labels(labels)
     assert "Quote the label" in str(err.value)
