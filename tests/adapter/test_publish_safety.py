@@ -16,6 +16,7 @@ from validora.adapter.card import hub_base_model
 from validora.adapter.schema import AdapterInfo
 from validora.cli import app
 from validora.core.names import public_name
+from validora.errors import ConfigError
 
 from ..fake_hub import USER
 
@@ -127,7 +128,7 @@ def test_hidden_links_are_not_uploaded_so_not_refused(hub, adapter, tmp_path):
     assert not any(".cache" in name for name in hub.files(REPO))
 
 
-LINE_BREAKS_AND_CONTROLS = ["a\u2028b", "c\x85d", "e\u2029f", "\x7f", "\x9f", "\ufeffg", "\ud800", "\ufffe"]
+LINE_BREAKS_AND_CONTROLS = ["a\u2028b", "c\x85d", "e\u2029f", "\x7f", "\x9f", "\ufeffg", "\ufffe"]
 ORDINARY_TROUBLE = ["'q\"", "\\", "a\nb", "\t", " lead", "# x", "a: b", "- x", "{", "\x00", "é", "😀"]
 
 
@@ -144,6 +145,18 @@ def test_generated_io_yaml_validates_for_any_label(tmp_path, labels):
     path.write_text(text, encoding="utf-8")
     assert ioyaml.validate(path, labels) == text
     assert json.loads(yaml.safe_load(text)["response_format"])["enum"] == labels
+
+
+def test_io_yaml_with_a_lone_surrogate_label_is_refused(tmp_path):
+    """A lone surrogate is not text (core/jsonio refuses it everywhere): an io.yaml naming one is refused."""
+    labels = ["a", "\ud800"]
+    info = AdapterInfo(
+        adapter_type="alora", base_model="org/model", labels=labels, prompt={"invocation_prompt": "<|x|>\n"}
+    )
+    path = tmp_path / "io.yaml"
+    path.write_text(ioyaml.generate(info), encoding="utf-8")
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        ioyaml.validate(path, labels)
 
 
 def test_a_plain_upload_removes_every_file_validora_wrote_before_and_nothing_of_the_owners(tmp_path):
