@@ -138,3 +138,67 @@ def test_a_signal_stops_llama_server_and_exits_130(trained_adapter, llama_server
         time.sleep(0.1)
     assert not alive(pid), f"llama-server {pid} outlived `m alora serve`"
     assert "llama-server stopped" in "".join(errors)
+
+
+def test_a_host_beyond_loopback_is_warned_about_before_anything_starts(
+    trained_adapter, monkeypatch, keep_sigterm
+):
+    assert serving.exposure_warning("127.0.0.1", 8080, None) is None
+    assert serving.exposure_warning("::1", None, None) is None and serving.is_loopback("localhost")
+    assert "without authentication" in serving.exposure_warning("0.0.0.0", 8080, None)
+    assert "unencrypted" in serving.exposure_warning("192.168.1.5", 8080, "k")
+
+    def stop_here(**kwargs):
+        raise ConfigError("stopped before the build, as the test wants")
+
+    monkeypatch.setattr(serving, "ensure_server", stop_here)
+    result = CliRunner().invoke(app, ["alora", "serve", str(trained_adapter), "--host", "0.0.0.0", *QUICK])
+    assert "0.0.0.0" in result.stderr and "without authentication" in result.stderr, result.output
+    assert "stopped before the build" in result.stderr
+    key = "s3cret-key-never-shown"
+    result = CliRunner().invoke(
+        app,
+        ["alora", "serve", str(trained_adapter), "--host", "0.0.0.0", *QUICK],
+        env={"VALIDORA_API_KEY": key},
+    )
+    assert "unencrypted" in result.stderr and key not in result.output
+
+
+def test_an_api_key_is_required_by_the_server_and_sent_by_validoras_clients(
+    llama_server, monkeypatch, tmp_path
+):
+    from validora.backends.llamacpp import LlamaCppBackend
+    from validora.core.models import embedded_gguf_path
+    from validora.errors import LlamaCppError
+    from validora.llamacpp.client import request_json
+    from validora.llamacpp.server import start_server
+
+    key = "s3cret-key-never-shown"
+    monkeypatch.delenv("VALIDORA_API_KEY", raising=False)
+    with start_server(llama_server, embedded_gguf_path(), ctx_size=256, threads=1, api_key=key) as server:
+        assert key not in " ".join(server.args) and key not in repr(server)  # not in `ps`, not in a repr
+        with pytest.raises(LlamaCppError, match=r"HTTP 401.*api_key="):
+            request_json(server.url, "/props", timeout=10)
+        assert isinstance(server.get("/props"), dict)  # the Server sends its key
+        with pytest.raises(LlamaCppError, match="HTTP 401"):
+            LlamaCppBackend(server.url)
+        assert LlamaCppBackend(server.url, api_key=key).model_id
+        monkeypatch.setenv("VALIDORA_API_KEY", key)
+        assert LlamaCppBackend(server.url).model_id  # read from the environment
+        log = server.log
+        assert log.exists()
+    assert not log.exists()  # removed with the server
+
+
+def test_a_server_that_fails_to_start_keeps_its_log_and_names_it(tmp_path):
+    from validora.errors import LlamaCppError
+    from validora.llamacpp.server import start_server
+
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'error: this build cannot load the model' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(LlamaCppError, match="whole log is kept in") as exc:
+        start_server(fake, tmp_path / "model.gguf", wait=30)
+    log = Path(str(exc.value).split("kept in ")[1].split(":\n")[0])
+    assert log.exists() and "cannot load the model" in log.read_text()
+    log.unlink()

@@ -21,6 +21,7 @@ the server's defaults.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from validora.backends.base import (
 )
 from validora.core.prompting import JUDGE_MAX_LENGTH, Format, JudgeFormat
 from validora.errors import AdapterError, LlamaCppError
-from validora.llamacpp.client import request_json
+from validora.llamacpp.client import API_KEY_ENV, request_json
 from validora.llamacpp.server import PARALLEL_ALORA_BUG, served_invocation, served_name
 from validora.score.lexical import lexical_text
 from validora.score.readout import Readout
@@ -74,11 +75,15 @@ class LlamaCppBackend:
         timeout: float = DEFAULT_TIMEOUT,
         trust_remote_code: bool = False,
         unsafe_parallel_alora: bool = False,
+        api_key: str | None = None,
     ):
+        """`api_key`: what the server was started with (`m alora serve --api-key`), sent as a bearer
+        token; default: the VALIDORA_API_KEY environment variable, if set."""
         from validora.core.models import load_tokenizer, resolve_base_model  # torch: only when one is made
 
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
+        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         spec = resolve_base_model(model_id)
         self.model_id = spec.name
         self.model_options = {**DEFAULT_OPTIONS, **check_options(model_options)}
@@ -108,7 +113,7 @@ class LlamaCppBackend:
     # ----- HTTP ----------------------------------------------------------------------------------------
     def _request(self, path: str, body: dict | None) -> Any:
         """One JSON request; every way it can fail is a LlamaCppError that says which and where."""
-        return request_json(self.base_url, path, body, timeout=self.timeout)
+        return request_json(self.base_url, path, body, timeout=self.timeout, api_key=self._api_key)
 
     def _listing(self) -> list[dict[str, Any]]:
         listed = self._request("/lora-adapters", None)

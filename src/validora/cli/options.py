@@ -42,3 +42,18 @@ def batch_size(help: str, **more: Any) -> Any:
 def max_length(help: str, **more: Any) -> Any:
     """--max-length: the token limit of a prompt."""
     return typer.Option("--max-length", help=help, **more)
+
+
+API_KEY_ENV = "VALIDORA_API_KEY"
+
+
+def api_key(help: str, **more: Any) -> Any:
+    """--api-key: llama-server's key (also read from VALIDORA_API_KEY; never printed)."""
+    return typer.Option(
+        "--api-key",
+        help=f"{help} (sent as Authorization: Bearer); default: the {API_KEY_ENV} environment variable.",
+        envvar=API_KEY_ENV,
+        show_envvar=False,
+        show_default=False,
+        **more,
+    )

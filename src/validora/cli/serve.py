@@ -39,6 +39,7 @@ def serve(
     basemodel: Annotated[
         str | None, options.basemodel("A GGUF file of the adapters' base model, when theirs is not one.")
     ] = None,
+    api_key: Annotated[str | None, options.api_key("Requests must carry this key")] = None,
 ) -> None:
     """Serve adapters on llama-server (built once if missing) until Ctrl-C; each request picks one."""
     from validora.llamacpp.serving import serve as start
@@ -50,8 +51,9 @@ def serve(
             serving = start(
                 adapters, basemodel=basemodel, host=host, port=port, parallel=parallel,
                 ctx_size=ctx_size, threads=threads, say=lambda line: console.print(escape(line)),
+                api_key=api_key or None,
             )  # fmt: skip
-        _show(serving)
+        _show(serving, bool(api_key))
         serving.wait()
     except KeyboardInterrupt:
         if serving is not None:
@@ -65,7 +67,7 @@ def serve(
             serving.stop()
 
 
-def _show(serving: Serving) -> None:
+def _show(serving: Serving, keyed: bool) -> None:
     server = serving.server
     console.print(
         f"llama-server (pid {server.process.pid}) serves {escape(serving.base.name)}; "
@@ -81,14 +83,15 @@ def _show(serving: Serving) -> None:
         table.add_row(str(a.id), escape(a.name), escape(", ".join(a.labels)), tokens)
     console.print(table)
     example = json.dumps(serving.request_example(serving.adapters[0]))
+    auth = ' -H "Authorization: Bearer $VALIDORA_API_KEY"' if keyed else ""
     console.print(
         'Each request names its adapter in an explicit "lora" list; the adapters it leaves out run at '
         'scale 0, and a request without "lora" runs the base model alone:\n'
-        f"  curl {serving.url}/completion -d '{escape(example)}'\n"
+        f"  curl {serving.url}/completion{auth} -d '{escape(example)}'\n"
         "The invocation tokens listed are the trained ones without the first: llama-server turns an "
         "aLoRA on one token before them, where training turned it on.\n"
         "In a program (label probabilities exactly as in-process, requirements and retries unchanged):\n"
-        f"  backend = LlamaCppBackend({serving.url!r}); "
+        f"  backend = LlamaCppBackend({serving.url!r}{', api_key=...' if keyed else ''}); "
         f"backend.add_adapter(CustomIntrinsicAdapter({str(serving.adapters[0].directory)!r}))\n"
         "Ctrl-C stops the server.",
         highlight=False,

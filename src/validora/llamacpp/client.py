@@ -15,21 +15,30 @@ from typing import Any
 
 from validora.errors import LlamaCppError
 
+API_KEY_ENV = "VALIDORA_API_KEY"  # the key `m alora serve` gives llama-server, and its clients send
 
-def request_json(base_url: str, path: str, body: Any = None, *, timeout: float) -> Any:
-    """GET `base_url + path` (POST `body` as JSON when given) and return the decoded JSON answer."""
+
+def request_json(
+    base_url: str, path: str, body: Any = None, *, timeout: float, api_key: str | None = None
+) -> Any:
+    """GET `base_url + path` (POST `body` as JSON when given) and return the decoded JSON answer;
+    `api_key` goes as `Authorization: Bearer` (a server started with one refuses requests without it)."""
     url = base_url + path
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             raw = answer.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:500]
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
             detail = json.loads(detail)["error"]["message"]
+        hint = f" It wants an API key: pass api_key= (or set {API_KEY_ENV})." if exc.code == 401 else ""
         raise LlamaCppError(
-            f"llama-server at {base_url} answered {path} with HTTP {exc.code}: {detail}"
+            f"llama-server at {base_url} answered {path} with HTTP {exc.code}: {detail}{hint}"
         ) from None
     except TimeoutError:
         raise LlamaCppError(

@@ -7,6 +7,7 @@ Imports no torch (the HTTP backend uses it): the model helpers load inside the p
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import tempfile
@@ -49,20 +50,22 @@ def served_invocation(info: AdapterInfo) -> list[int] | None:
 
 @dataclass
 class Server:
-    """A running llama-server; `stop()` (or leaving the `with` block) ends it."""
+    """A running llama-server; `stop()` (or leaving the `with` block) ends it and removes its log."""
 
     process: subprocess.Popen
     url: str
     log: Path
     args: list[str] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)  # never shown
 
     def get(self, path: str, timeout: float = 10.0) -> object:
-        return request_json(self.url, path, timeout=timeout)
+        return request_json(self.url, path, timeout=timeout, api_key=self.api_key)
 
     def post(self, path: str, body: object, timeout: float = 120.0) -> object:
-        return request_json(self.url, path, body, timeout=timeout)
+        return request_json(self.url, path, body, timeout=timeout, api_key=self.api_key)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_log: bool = False) -> None:
+        """End the process; its log file goes too unless `keep_log` (a failed start: the diagnosis)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -70,6 +73,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if not keep_log:
+            with contextlib.suppress(OSError):
+                self.log.unlink(missing_ok=True)
 
     def __enter__(self) -> Server:
         return self
@@ -96,9 +102,12 @@ def start_server(
     threads: int | None = None,
     extra: list[str] | tuple[()] = (),
     wait: float = 120.0,
+    api_key: str | None = None,
 ) -> Server:
     """Start llama-server on `model` with `loras` loaded at scale 0 (a request enables one by id) and
-    wait until it answers /health. Its output goes to a log file, shown in the error if it dies."""
+    wait until it answers /health. Its output goes to a temporary log file, removed when the server
+    stops; a start that fails keeps it and names it in the error. `api_key`: requests must carry it
+    (given to the server in its environment, so it shows in no process list)."""
     port = port or free_port()
     log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
     args = [str(binary), "-m", str(model), "--host", host, "--port", str(port),
@@ -110,21 +119,31 @@ def start_server(
     if threads:
         args += ["-t", str(threads)]
     args += list(extra)
+    env = {**os.environ, "LLAMA_API_KEY": api_key} if api_key else None
     with log.open("wb") as sink:
-        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
     reach = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    server = Server(process, f"http://{reach}:{port}", log, args)
+    server = Server(process, f"http://{reach}:{port}", log, args, api_key)
     try:  # an interruption while waiting (Ctrl-C, SIGTERM as KeyboardInterrupt) must not orphan it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise LlamaCppError(f"llama-server exited ({process.returncode}):\n{tail(log)}")
+                raise LlamaCppError(
+                    f"llama-server exited ({process.returncode}); its whole log is kept in {log}:\n{tail(log)}"
+                )
             with contextlib.suppress(LlamaCppError):  # not listening yet, or still loading (HTTP 503)
                 if server.get("/health", timeout=2.0):
                     return server
             time.sleep(0.25)
-        raise LlamaCppError(f"llama-server did not answer within {wait:.0f} s:\n{tail(log)}")
-    except BaseException:
+        raise LlamaCppError(
+            f"llama-server did not answer within {wait:.0f} s; its whole log is kept in {log}:\n{tail(log)}"
+        )
+    except LlamaCppError:
+        server.stop(keep_log=True)
+        raise
+    except BaseException:  # an interruption: nothing to diagnose
         server.stop()
         raise
 

@@ -14,10 +14,12 @@ live in a private temporary directory, removed when the server stops.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import shutil
 import socket
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ class Serving:
     port: int
     workdir: Path
     _stopped: bool = field(default=False, repr=False)
+    _crashed: bool = field(default=False, repr=False)  # exited on its own: its log is kept
 
     @property
     def url(self) -> str:
@@ -72,14 +75,17 @@ class Serving:
         while self.server.process.poll() is None:
             time.sleep(poll)
         if not self._stopped:
+            self._crashed = True
             raise LlamaCppError(
-                f"llama-server exited ({self.server.process.returncode}):\n{tail(self.server.log)}"
+                f"llama-server exited ({self.server.process.returncode}); its whole log is kept in "
+                f"{self.server.log}:\n{tail(self.server.log)}"
             )
 
     def stop(self) -> None:
+        """End the server; its exports and (unless it crashed) its log go."""
         if not self._stopped:
             self._stopped = True
-            self.server.stop()
+            self.server.stop(keep_log=self._crashed)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Serving:
@@ -135,6 +141,33 @@ def check_port(host: str, port: int) -> None:
             raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.", option="port") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.x, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str, port: int | None, api_key: str | None) -> str | None:
+    """What to say about listening on `host` (None: loopback, this machine only)."""
+    if is_loopback(host):
+        return None
+    where = f"{host}:{port}" if port else host
+    if not api_key:
+        return (
+            f"llama-server listens on {where}, beyond this machine, without authentication: anyone who "
+            "can reach it can run the model and read what it is sent. Pass api_key (or set "
+            "VALIDORA_API_KEY) so that requests must carry it, or listen on 127.0.0.1."
+        )
+    return (
+        f"llama-server listens on {where}, beyond this machine; requests must carry the API key, but "
+        "plain HTTP sends it (and every text) unencrypted: put it behind TLS on an untrusted network."
+    )
+
+
 def serve(
     adapters: list[str | Path],
     *,
@@ -147,11 +180,14 @@ def serve(
     jobs: int | None = None,
     say: Callable[[str], None] | None = None,
     unsafe_parallel_alora: bool = False,
+    api_key: str | None = None,
 ) -> Serving:
     """Export `adapters`, find or build llama-server, start it on their base GGUF with every adapter at
     scale 0 and wait until it answers; `ctx_size` is per parallel slot, `jobs` the cores of a first
     build (default: build_jobs()). Stop it with `Serving.stop()`. `unsafe_parallel_alora` lets aLoRA
-    adapters run on several slots despite PARALLEL_ALORA_BUG (benchmarks/serve_throughput.py shows it)."""
+    adapters run on several slots despite PARALLEL_ALORA_BUG (benchmarks/serve_throughput.py shows it).
+    `api_key`: requests must carry it (`Authorization: Bearer`); a host other than loopback is warned
+    about (without a key, the port is open to anyone who reaches it)."""
     if parallel < 1:
         raise ConfigError(f"parallel must be at least 1, not {parallel}.", option="parallel")
     if port is not None and not 0 < port < 65536:
@@ -165,13 +201,15 @@ def serve(
         )
     if port is not None:
         check_port(host, port)
+    if note := exposure_warning(host, port, api_key):
+        warnings.warn(note, stacklevel=2)
     binary = ensure_server(jobs=jobs or build_jobs(), **({"say": say} if say else {}))
     workdir = Path(tempfile.mkdtemp(prefix="validora-serve-"))
     try:
         served = _export_all(chosen, workdir, basemodel)
         server = start_server(
             binary, chosen.base.location, [a.gguf for a in served], port=port, parallel=parallel,
-            ctx_size=ctx_size * parallel, threads=threads, host=host,
+            ctx_size=ctx_size * parallel, threads=threads, host=host, api_key=api_key,
         )  # fmt: skip
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
