@@ -284,3 +284,20 @@ def test_sigterm_during_import_and_export_exits_130_and_leaves_nothing(peft_dir,
     assert done.returncode == 130, done.stderr
     assert out.read_bytes() == b"earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine", "engine.gguf", "peft"]
+
+
+def test_a_hub_cache_snapshot_may_link_to_its_blobs_only(tmp_path):
+    from validora.errors import AdapterError
+    from validora.llamacpp.gguf import _check_links
+
+    repo = tmp_path / "models--org--engine"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_bytes(b"w")
+    snapshot = repo / "snapshots" / "0123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "adapter_model.safetensors").symlink_to("../../blobs/abc")
+    _check_links(snapshot)
+    (tmp_path / "elsewhere").write_text("x")
+    (snapshot / "notes.md").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(AdapterError, match=r"notes\.md -> "):
+        _check_links(snapshot)
