@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 from validora.errors import ConfigError
 
 T_MIN, T_MAX = 0.05, 20.0  # a temperature outside these is a symptom (a degenerate split), not a fit
+# A temperature read from a file (validora.json's, the lexical model's, the mixture's) outside these is
+# corruption, refused: fits lie in T_MIN..T_MAX and files written before calibration hold 1.0; the 5x
+# margin admits hand-tuned or imported values. Beyond them a temperature is no calibration: above 100 a
+# margin of several nats between labels reads as a coin toss (uniform-looking, meaningless
+# probabilities), below 0.01 a hundredth of a nat reads as certainty (and 1e-300 overflows to inf/NaN).
+STORED_T_RANGE = (0.01, 100.0)
 ECE_BINS = 10
 
 if TYPE_CHECKING:

@@ -14,6 +14,9 @@ idf and weights as tensors.
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from validora.core.calibration import fit_temperature
+from validora.core.calibration import STORED_T_RANGE, T_MAX, T_MIN, fit_temperature, positive_number
+from validora.core.jsonio import parse_json
 from validora.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -127,27 +131,140 @@ class LexicalModel:
 
     @classmethod
     def load(cls, path: Path, labels: Sequence[str]) -> LexicalModel:
-        from safetensors import SafetensorError, safe_open
-
+        """The lexical model stored at `path` (a regular file: a FIFO or device there is refused before
+        it is opened, so a load never blocks on it), checked against the adapter's `labels`."""
+        path = Path(path)
         try:
-            with safe_open(str(path), framework="np") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in ("idf", "coef", "intercept")}
-            model = cls(
-                meta["kind"],
-                float(meta["c"]),
-                json.loads(meta["labels"]),
-                json.loads(meta["terms"]),
-                **tensors,
-                temperature=float(meta.get("temperature", "1.0")),
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise AdapterError(f"{path} is not a regular file: {_REDO}")
+            if info.st_size > MAX_FILE_BYTES:
+                raise AdapterError(
+                    f"{path} is {info.st_size} bytes, more than a lexical model's {MAX_FILE_BYTES}: {_REDO}"
+                )
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise AdapterError(f"{path} cannot be read ({exc.strerror or exc}): {_REDO}") from None
+        return cls.from_bytes(data, labels, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, labels: Sequence[str], where: str) -> LexicalModel:
+        """The lexical model in `data` (a lexical.safetensors file's bytes; `where` names it in messages).
+
+        Everything is checked before it is used: the header, the metadata (kind, C, temperature: finite,
+        positive, temperature in calibration.STORED_T_RANGE; labels and terms as JSON through
+        core/jsonio), the tensors (float32/float64, their shapes, finite values). Each fault is an
+        AdapterError naming the file and the field."""
+        meta, header = _header(data, where)
+        fields = {k: header.get(k) for k in TENSORS}
+        for name, entry in fields.items():
+            if not isinstance(entry, dict):
+                raise AdapterError(f"{where} has no tensor {name!r}: {_REDO}")
+            if entry.get("dtype") not in ("F64", "F32"):
+                raise AdapterError(
+                    f"{where}: tensor {name!r} is {entry.get('dtype')!r}, not float32 or float64: {_REDO}"
+                )
+        try:
+            from safetensors.numpy import load as load_tensors
+
+            tensors = {k: np.asarray(v, dtype=np.float64) for k, v in load_tensors(bytes(data)).items()}
+        except Exception as exc:  # safetensors raises its own error (and others) for a damaged file
+            raise AdapterError(f"{where} is not a readable lexical model ({exc}): {_REDO}") from None
+        kind = meta.get("kind")
+        if kind not in KINDS:
+            raise AdapterError(f'{where}: metadata "kind" is {kind!r}, not one of {list(KINDS)}: {_REDO}')
+        c = _number(meta, "c", where, required=True)
+        temperature = _number(meta, "temperature", where, required=False)
+        lo, hi = STORED_T_RANGE
+        if not lo <= temperature <= hi:
+            raise AdapterError(
+                f'{where}: metadata "temperature" is {temperature!r}, outside {lo:g}..{hi:g} (fitted '
+                f"temperatures lie in {T_MIN:g}..{T_MAX:g}): {_REDO}"
             )
-        except (OSError, KeyError, ValueError, TypeError, SafetensorError) as exc:
-            raise AdapterError(f"{path} is not a readable lexical model: {exc}") from None
-        k, v = len(model.labels), len(model.terms)
-        if model.kind not in KINDS or model.labels != list(labels) or model.coef.shape != (k, v) \
-                or model.idf.shape != (v,) or model.intercept.shape != (k,):  # fmt: skip
-            raise AdapterError(f"{path} does not match the adapter (labels {list(labels)}).")
-        return model
+        stored_labels = _strings(meta, "labels", where)
+        if stored_labels != list(labels):
+            raise AdapterError(
+                f'{where} does not match the adapter: its metadata "labels" {stored_labels} are not the '
+                f"adapter's labels {list(labels)}: {_REDO}"
+            )
+        terms = _strings(meta, "terms", where)
+        if not terms or len(set(terms)) != len(terms):
+            why = "empty" if not terms else "holds a term twice"
+            raise AdapterError(f'{where}: metadata "terms" {why}: {_REDO}')
+        k, v = len(stored_labels), len(terms)
+        for name, shape in (("idf", (v,)), ("coef", (k, v)), ("intercept", (k,))):
+            got = tensors[name]
+            if got.shape != shape:
+                raise AdapterError(
+                    f"{where} does not match the adapter: tensor {name!r} has shape {list(got.shape)}, not {list(shape)} "
+                    f"({k} labels, {v} terms): {_REDO}"
+                )
+            if not np.isfinite(got).all() or (got.size and float(np.abs(got).max()) > MAX_WEIGHT):
+                bad = "non-finite values" if not np.isfinite(got).all() else f"values beyond ±{MAX_WEIGHT:g}"
+                raise AdapterError(f"{where}: tensor {name!r} holds {bad}: {_REDO}")
+        return cls(
+            kind, c, stored_labels, terms, tensors["idf"], tensors["coef"], tensors["intercept"], temperature
+        )
+
+
+_REDO = "the adapter's lexical model is damaged; train the adapter again or download it again"
+TENSORS = ("idf", "coef", "intercept")
+MAX_FILE_BYTES = 1 << 30  # far above any vocabulary's terms and weights; refused before it is read whole
+MAX_HEADER_BYTES = 1 << 28  # safetensors' own reader refuses headers above 100 MB
+# An L2-regularised logistic regression (C at most 100) over unit-norm TF-IDF rows, and idf values of
+# log(n) + 1, stay many orders of magnitude below this; beyond it a sum of a few terms can overflow.
+MAX_WEIGHT = 1e6
+
+
+def _header(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, header) of safetensors bytes: 8 bytes little-endian length, then that much JSON."""
+    if len(data) < 8:
+        raise AdapterError(
+            f"{where} is not a readable lexical model: it is truncated ({len(data)} bytes): {_REDO}"
+        )
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise AdapterError(
+            f"{where} is not a readable lexical model: it is truncated or not safetensors (a header of {n} bytes "
+            f"in {len(data)}): {_REDO}"
+        )
+    try:
+        header = parse_json(bytes(data[8 : 8 + n]))
+    except ValueError as exc:
+        raise AdapterError(
+            f"{where} is not a readable lexical model: its header is unreadable: {exc}: {_REDO}"
+        ) from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise AdapterError(f"{where} has no metadata of strings (kind, c, labels, terms): {_REDO}")
+    return meta, header
+
+
+def _number(meta: dict[str, Any], key: str, where: str, *, required: bool) -> float:
+    """A metadata number: finite and above zero ("nan", "inf", "0", "-1" refused)."""
+    text = meta.get(key)
+    if text is None and not required:
+        return 1.0  # files written before the lexical temperature was fitted
+    try:
+        value = float(text) if isinstance(text, str) and len(text) <= 64 else math.nan
+    except ValueError:
+        value = math.nan
+    if not positive_number(value):
+        raise AdapterError(f'{where}: metadata "{key}" is {text!r}, not a finite number above 0: {_REDO}')
+    return value
+
+
+def _strings(meta: dict[str, Any], key: str, where: str) -> list[str]:
+    """A metadata list of strings, stored as JSON (read through core/jsonio.parse_json)."""
+    text = meta.get(key)
+    try:
+        value = parse_json(text) if isinstance(text, str) else None
+    except ValueError as exc:
+        raise AdapterError(f'{where}: metadata "{key}" is unreadable: {exc}: {_REDO}') from None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise AdapterError(f'{where}: metadata "{key}" is not a JSON list of strings: {_REDO}')
+    return value
 
 
 def fit_lexical(

@@ -318,6 +318,6 @@ def score_items(
         else:
             ll = full_loglik(model, fmt, batch)
         texts = [lexical_text(items[i], requirement) for i in idx]
-        for i, scores in zip(idx, readout.scores(fmt.labels, ll, texts), strict=True):
+        for i, scores in zip(idx, readout.scores(fmt.labels, ll, texts, items=idx), strict=True):
             results[i] = scores
     return [r for r in results if r is not None]
