@@ -9,6 +9,7 @@ downloaded) and on a directory (a local copy or a snapshot) alike.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -53,7 +54,8 @@ def _candidates(paths: Iterable[str]) -> list[Located]:
 
 def _markers(root: Path) -> list[str]:
     found = [p.relative_to(root).as_posix() for p in root.glob(f"*/*/*/{MARKER}")]
-    return [*found, MARKER] if (root / MARKER).is_file() else found
+    # present in any form: a FIFO or a directory in its place is named by the read, not taken for absent
+    return [*found, MARKER] if os.path.lexists(root / MARKER) else found
 
 
 def candidates(root: Path) -> list[Located]:

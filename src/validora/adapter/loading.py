@@ -2,15 +2,21 @@
 whose weights `attach` loads onto a base model and whose prompt format `prompt_format` rebuilds.
 
 Only reads: a directory an interrupted save left beside its name is reported (a warning), not moved.
+An adapter is read once, whole (snapshot.py): what is checked, attached and scored is one adapter even
+while `train --overwrite` replaces its directory; its PEFT files are checked against the base model
+(integrity.py) before they touch it.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.schema import INFO_FILE, AdapterInfo, pending_recovery
+from validora.adapter.integrity import attach_files, check_config, check_weights
+from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo, pending_recovery
+from validora.adapter.snapshot import AdapterSnapshot, read_snapshot
 from validora.core.names import is_path_form, last_component, same_base_model
 from validora.core.prompting import DEFAULT_MAX_LENGTH, PromptFormat
 from validora.errors import AdapterError, HubError
@@ -24,17 +30,26 @@ def prompt_format(info: AdapterInfo, tokenizer: Any) -> PromptFormat:
     return fmt
 
 
-def attach(model: Any, directory: str | Path, name: str) -> Any:
-    """Load the adapter's weights onto `model` (a base model or an existing PeftModel) as `name`."""
-    from peft import PeftModel
+def checked_config(snapshot: AdapterSnapshot) -> dict:
+    """The snapshot's adapter_config.json, checked against its validora.json (no model needed)."""
+    return check_config(snapshot.files[CONFIG_FILE], snapshot.info, str(snapshot.path / CONFIG_FILE))
 
-    directory = Path(directory)
-    if isinstance(model, PeftModel):
-        model.load_adapter(str(directory), adapter_name=name, is_trainable=False, use_safetensors=True)
-        return model
-    return PeftModel.from_pretrained(
-        model, str(directory), adapter_name=name, is_trainable=False, use_safetensors=True
-    )
+
+def attach(model: Any, adapter: AdapterSnapshot | str | Path, name: str) -> Any:
+    """Load the adapter's weights onto `model` (a base model or an existing PeftModel) as `name`.
+
+    `adapter` is a snapshot (read_snapshot) or a directory, read whole here. Its config and weights are
+    checked against `model` first: a missing, renamed, misshapen or non-finite tensor is an AdapterError."""
+    snapshot = adapter if isinstance(adapter, AdapterSnapshot) else read_snapshot(adapter)
+    config = checked_config(snapshot)
+    where = str(snapshot.path / WEIGHTS_FILE)
+    check_weights(snapshot.files[WEIGHTS_FILE], config, model, name_of(snapshot, name), where)
+    return attach_files(model, snapshot.files, config, name)
+
+
+def name_of(snapshot: AdapterSnapshot, name: str) -> str:
+    """How messages name an adapter: its name in a backend; load_validator's internal one by its folder."""
+    return snapshot.path.name if name == "validator" else name
 
 
 def resolve_adapter_dir(
@@ -65,7 +80,7 @@ def resolve_adapter_dir(
             )
         except HubError as exc:
             raise HubError(f"No local directory {text!r}, and as a hub id: {exc}") from None
-    if root is local and not layouts.candidates(root) and not (root / INFO_FILE).is_file():
+    if root is local and not layouts.candidates(root) and not os.path.lexists(root / INFO_FILE):
         raise AdapterError(
             f"{root} is not a validora adapter: it has no {INFO_FILE} "
             "(nor adapters in <intrinsic_name>/<base_model_name>/<alora|lora>/)."
@@ -91,12 +106,17 @@ class CustomIntrinsicAdapter:
         intrinsic_name: str | None = None,
         *,
         revision: str | None = None,
+        allow_base_mismatch: bool = False,
     ):
+        """`allow_base_mismatch`: load onto a base model whose weights differ from those the adapter was
+        trained on (validora.json's base_fingerprint), with a warning instead of an AdapterError."""
         self.model_id = model_id
+        self.allow_base_mismatch = allow_base_mismatch
         self.path, found_name = resolve_adapter_dir(
             model_id, intrinsic_name=intrinsic_name, base_model_name=base_model_name, revision=revision
         )
-        self.info = AdapterInfo.read(self.path)
+        self.snapshot = read_snapshot(self.path)  # every file once: what is added is this one adapter
+        self.info = self.snapshot.info
         self.name = intrinsic_name or found_name or last_component(model_id)
         self.base_model_name = base_model_name or self.info.base_model
         if not same_base_model(self.base_model_name, self.info.base_model):

@@ -8,13 +8,15 @@ interrupted save left beside a directory is only reported here, and recovered by
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from validora.adapter.dirread import read_files
 from validora.core import files
-from validora.core.calibration import positive_number
+from validora.core.jsonio import parse_json
 from validora.core.prompting import DEFAULT_MAX_LENGTH, PROMPT_FORMAT_VERSION
 from validora.errors import AdapterError
 
@@ -24,6 +26,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 LEXICAL_FILE = "lexical.safetensors"
 CONFIG_FILE = "adapter_config.json"
 REQUIRED_FILES = (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE)
+SNAPSHOT_FILES = (*REQUIRED_FILES, LEXICAL_FILE)  # what a load reads, once
 # Everything Trainer.save writes; any other file in an adapter directory is the user's and is kept.
 RELIABILITY_FILE = "reliability_diagram.png"
 WRITTEN_FILES = {
@@ -31,6 +34,9 @@ WRITTEN_FILES = {
     LEXICAL_FILE,
 }  # fmt: skip
 ADAPTER_TYPES = ("alora", "lora")
+# A stored temperature (the adapter's, the lexical mixture's) outside these is corruption: fits lie in
+# calibration.T_MIN..T_MAX = [0.05, 20] and files written before calibration hold 1.0.
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -51,6 +57,9 @@ class AdapterInfo:
     temperature: float = 1.0
     # The lexical model mixed into the label probabilities (readout.Readout.describe); None: the adapter alone.
     lexical: dict[str, Any] | None = None
+    # The base model's weights at training (core/models.weights_fingerprint); None: files written before
+    # it existed or imported from PEFT, which are checked by the base model's name alone.
+    base_fingerprint: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
 
@@ -67,27 +76,36 @@ class AdapterInfo:
 
     @classmethod
     def read(cls, directory: str | Path) -> AdapterInfo:
-        """Read and check validora.json; a malformed one (a hub repository may hold any) is an AdapterError."""
+        """Read and check validora.json; a malformed one (a hub repository may hold any) is an AdapterError.
+
+        A load that also needs the weights reads `snapshot.read_snapshot` instead: one read of all files."""
         directory = Path(directory)
-        path = directory / INFO_FILE
         if not directory.exists() and (note := pending_recovery(directory)):
             warnings.warn(note, stacklevel=2)  # a save killed between its two renames
-        if not directory.is_dir():
-            raise AdapterError(f"Adapter directory not found: {directory}")
-        if not path.is_file():
-            raise AdapterError(f"{directory} is not a validora adapter: it has no {INFO_FILE}.")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            raise AdapterError(f"{path} is unreadable: {why}.") from None
-        _check_info(data, path, directory)
-        info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        info.temperature = float(info.temperature)
-        for name in (n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()):
+        return cls.read_files(directory)[1]
+
+    @classmethod
+    def read_files(cls, directory: Path) -> tuple[dict[str, bytes], AdapterInfo]:
+        """Every file of the adapter, read once from one directory (dirread.py), and its checked info."""
+        files = read_files(directory, SNAPSHOT_FILES, optional=frozenset({LEXICAL_FILE}))
+        info = cls.from_bytes(files[INFO_FILE], directory / INFO_FILE, directory)
+        if info.lexical is not None and LEXICAL_FILE not in files:
             raise AdapterError(
-                f"{directory} is incomplete: {name} is missing (only safetensors weights load)."
+                f"{directory} is incomplete: {LEXICAL_FILE} is missing, but validora.json describes a lexical "
+                "model mixed into its probabilities. Train or import the adapter again."
             )
+        return files, info
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path, directory: Path) -> AdapterInfo:
+        """validora.json's contents, checked (`path` and `directory` name it in messages)."""
+        try:
+            value = parse_json(data)
+        except ValueError as exc:
+            raise AdapterError(f"{path} is unreadable: {exc}. Train or import the adapter again.") from None
+        _check_info(value, path, directory)
+        info = cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
+        info.temperature = float(info.temperature)
         return info
 
 
@@ -103,14 +121,52 @@ def _text(v: Any) -> bool:
     return isinstance(v, str) and bool(v.strip())
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def sane_temperature(v: Any) -> bool:
+    """A finite number within TEMPERATURE_RANGE (1e-300 or 1e300 would turn every verdict into NaN or 1/K)."""
+    return _number(v) and TEMPERATURE_RANGE[0] <= v <= TEMPERATURE_RANGE[1]
+
+
 def valid_description(v: Any) -> bool:
     """Whether validora.json's "lexical" is null or what `Readout.describe` writes (the parts it reads)."""
     if v is None:
         return True
     weight = v.get("weight") if isinstance(v, dict) else None
     temperature = v.get("mixture_temperature") if isinstance(v, dict) else None
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature))
-    return numbers and 0 <= weight < 1 and 0 < temperature < float("inf")
+    return _number(weight) and 0 <= weight < 1 and sane_temperature(temperature)
+
+
+def valid_fingerprint(v: Any) -> bool:
+    """Whether "base_fingerprint" is null or what core/models.weights_fingerprint writes."""
+    if v is None:
+        return True
+    if not (isinstance(v, dict) and _int(v.get("version"), 1) and _text(v.get("dtype"))):
+        return False
+    tensors = v.get("tensors")
+    return isinstance(tensors, list) and bool(tensors) and all(
+        isinstance(t, dict) and _text(t.get("name")) and isinstance(t.get("shape"), list)
+        and all(_int(n) for n in t["shape"]) and _int(t.get("stride"), 1)
+        and isinstance(t.get("sha256"), str) and len(t["sha256"]) == 64
+        and isinstance(t.get("values"), list) and all(map(_number, t["values"]))
+        for t in tensors
+    )  # fmt: skip
+
+
+def _non_finite(value: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first NaN or infinite number anywhere in `value` (json reads NaN, Infinity)."""
+    stack = [(prefix, value)]
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return name
+        if isinstance(item, dict):
+            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(item))
+    return None
 
 
 def _check_info(data: Any, path: Path, directory: Path) -> None:
@@ -154,13 +210,21 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("training", isinstance(data.get("training", {}), dict), "an object"),
         ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
-        ("temperature", positive_number(data.get("temperature", 1.0)), "a finite number above 0"),
+        ("temperature", sane_temperature(data.get("temperature", 1.0)),
+         f"a finite number above 0 (from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]:g})"),
         ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
-        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and "mixture_temperature" > 0'),
+        ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and '
+         f'"mixture_temperature" from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]:g}'),
+        ("base_fingerprint", valid_fingerprint(data.get("base_fingerprint")), "null or the fingerprint validora writes"),
     ]  # fmt: skip
     for name, ok, expected in checks:
         if not ok:
             raise bad(name, expected)
+    if (where := _non_finite(data)) is not None:
+        raise AdapterError(
+            f"{path}: field {where!r} is not a finite number (NaN or infinity): the file is damaged. "
+            "Train or import the adapter again."
+        )
 
 
 def pending_recovery(target: Path) -> str | None:

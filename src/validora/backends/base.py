@@ -23,6 +23,7 @@ from validora.errors import AdapterError, ConfigError
 if TYPE_CHECKING:
     from validora.adapter.loading import CustomIntrinsicAdapter
     from validora.adapter.schema import AdapterInfo
+    from validora.adapter.snapshot import AdapterSnapshot
     from validora.core.prompting import PromptFormat
     from validora.score.checks import CheckResult
     from validora.score.readout import LabelScores, Readout
@@ -109,18 +110,31 @@ class LoadedAdapter:
     is_alora: bool
     reads_requirements: bool  # trained with requirement texts (else its prompt holds the text alone)
     handle: Any = None
+    # The adapter's files as read once (adapter/snapshot.py): what a backend attaches. None: read `path`.
+    snapshot: AdapterSnapshot | None = None
 
     @classmethod
     def load(
-        cls, name: str, info: AdapterInfo, path: str | Path, tokenizer: Any, handle: Any = None
+        cls,
+        name: str,
+        info: AdapterInfo,
+        path: str | Path,
+        tokenizer: Any,
+        handle: Any = None,
+        *,
+        snapshot: AdapterSnapshot | None = None,
     ) -> LoadedAdapter:
-        """The one place a loaded adapter is built: its prompt format for `tokenizer`, its readout."""
+        """The one place a loaded adapter is built: its prompt format for `tokenizer`, its readout.
+
+        With a `snapshot` (whose info `info` is) everything comes from its bytes, never from `path` again."""
         from validora.adapter.loading import prompt_format
         from validora.score.readout import Readout
 
         fmt = prompt_format(info, tokenizer)
-        readout = Readout.of_adapter(info, path)
-        return cls(name, info, Path(path), fmt, readout, info.is_alora, bool(info.requirements), handle)
+        readout = _readout(Readout, info, path, snapshot)
+        return cls(
+            name, info, Path(path), fmt, readout, info.is_alora, bool(info.requirements), handle, snapshot
+        )
 
     def requirement_for(self, requirement: str | None) -> str | None:
         """The requirement text this adapter's prompt holds: none for a classifier trained without them
@@ -137,6 +151,22 @@ class LoadedAdapter:
             f"{who} was trained without requirement texts: each text is scored alone and its requirement "
             "ignored (as in programs)."
         )
+
+
+def _readout(readout: Any, info: AdapterInfo, path: str | Path, snapshot: AdapterSnapshot | None) -> Readout:
+    """The adapter's readout, its lexical file taken from the snapshot's bytes when there is one.
+
+    LEAD: when score/readout.py's Readout.of_adapter takes {file name: bytes}, this becomes
+    `readout.of_adapter(info, snapshot.files if snapshot else path, name=...)`."""
+    from validora.adapter.schema import LEXICAL_FILE
+
+    if snapshot is None or LEXICAL_FILE not in snapshot.files:
+        return readout.of_adapter(info, path)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="validora-lexical-") as tmp:
+        (Path(tmp) / LEXICAL_FILE).write_bytes(snapshot.files[LEXICAL_FILE])
+        return readout.of_adapter(info, tmp)
 
 
 class AdapterRegistry:
@@ -169,7 +199,14 @@ class AdapterRegistry:
         with self.lock:
             if adapter.name in self._adapters:
                 raise AdapterError(f"An adapter named {adapter.name!r} is already added; remove it first.")
-            loaded = LoadedAdapter.load(adapter.name, adapter.info, adapter.path, tokenizer, handle)
+            snapshot = getattr(adapter, "snapshot", None)  # what CustomIntrinsicAdapter read, once
+            extra = {}
+            if snapshot is not None:
+                from validora.adapter.loading import checked_config
+
+                checked_config(snapshot)  # a damaged config fails here, on every backend
+                extra["snapshot"] = snapshot
+            loaded = LoadedAdapter.load(adapter.name, adapter.info, adapter.path, tokenizer, handle, **extra)
             if attach is not None:
                 attach(loaded)
             self._adapters[adapter.name] = loaded

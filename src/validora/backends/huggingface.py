@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from validora.adapter.integrity import check_base_weights
 from validora.adapter.loading import CustomIntrinsicAdapter, attach
 from validora.backends.base import (
     DEFAULT_OPTIONS,
@@ -64,7 +65,9 @@ class LocalHFBackend:
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> LoadedAdapter:
         def attach_weights(loaded: LoadedAdapter) -> None:
-            self._model = attach(self._model, loaded.path, loaded.name)
+            allow = getattr(adapter, "allow_base_mismatch", False)
+            check_base_weights(loaded.info, self._model, loaded.name, allow_base_mismatch=allow)
+            self._model = attach(self._model, loaded.snapshot or loaded.path, loaded.name)
             self._model.eval()
 
         return self._registry.add(adapter, self.tokenizer, attach=attach_weights)

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from validora.adapter.loading import attach, resolve_adapter_dir
+from validora.adapter.integrity import check_base_weights
+from validora.adapter.loading import attach, checked_config, resolve_adapter_dir
 from validora.adapter.schema import AdapterInfo
+from validora.adapter.snapshot import read_snapshot
 from validora.backends.base import LoadedAdapter
 from validora.core.metrics import Metrics, classification_metrics
 from validora.core.models import LoadedModel, load_base_model
@@ -113,15 +115,22 @@ def load_validator(
     device: str = "auto",
     loaded: LoadedModel | None = None,
     revision: str | None = None,
+    allow_base_mismatch: bool = False,
 ) -> Validator:
     """Load an adapter (directory or hub id) onto its base model (or `basemodel`, which must tokenize identically).
 
-    `revision` (branch, tag or commit) applies to a hub id.
+    `revision` (branch, tag or commit) applies to a hub id. The adapter's files are read once, before the
+    base model loads (a directory replaced meanwhile cannot mix two adapters). A base model whose weights
+    differ from those it was trained on is refused; `allow_base_mismatch=True` loads it with a warning.
     """
     path, _ = resolve_adapter_dir(path, revision=revision)
-    info = AdapterInfo.read(path)
+    snapshot = read_snapshot(path)
+    info = snapshot.info
+    checked_config(snapshot)  # a damaged config fails before the seconds a base model takes
     loaded = loaded or load_base_model(basemodel or info.base_model, device=device)
-    adapter = LoadedAdapter.load("validator", info, path, loaded.tokenizer)  # attached under this name
-    model = attach(loaded.model, path, adapter.name)
+    check_base_weights(info, loaded.model, path.name, allow_base_mismatch=allow_base_mismatch)
+    # attached under this name
+    adapter = LoadedAdapter.load("validator", info, path, loaded.tokenizer, snapshot=snapshot)
+    model = attach(loaded.model, snapshot, adapter.name)
     model.eval()
     return Validator(model=model, adapter=adapter)

@@ -340,3 +340,84 @@ def _load_hint(spec: BaseModelSpec, exc: Exception) -> str:
     if spec.kind == "hub":
         msg += "\nOnly safetensors weights are loaded; a repository with only .bin weights is refused."
     return msg
+
+
+# ----- base-model identity by weights --------------------------------------------------------------
+FINGERPRINT_VERSION = 1
+_SAMPLE = 4096  # values hashed per tensor: a strided sample over the whole tensor
+_VALUES = 64  # of those, kept as numbers for a comparison across dtypes
+_PREFIXES = ("module.", "base_model.model.")  # DDP's wrapper, PEFT's wrapper
+
+
+def _base_parameters(model: Any) -> dict[str, torch.Tensor]:
+    """The base model's own parameters by their plain names (a PEFT wrapper and its LoRA layers removed)."""
+    found = {}
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        for prefix in _PREFIXES:
+            name = name.removeprefix(prefix)
+        found[name.replace(".base_layer.", ".")] = param
+    return found
+
+
+def _sample(param: torch.Tensor, stride: int) -> torch.Tensor:
+    return param.detach().reshape(-1)[::stride][:_SAMPLE].to("cpu").contiguous()
+
+
+def _entry(name: str, param: torch.Tensor, stride: int) -> dict[str, Any]:
+    sample = _sample(param, stride)
+    step = max(1, sample.numel() // _VALUES)
+    return {
+        "name": name,
+        "shape": list(param.shape),
+        "stride": stride,
+        "sha256": hashlib.sha256(sample.view(torch.uint8).numpy().tobytes()).hexdigest(),
+        "values": [float(v) for v in sample[::step][:_VALUES].double().tolist()],
+    }
+
+
+def weights_fingerprint(model: Any) -> dict[str, Any]:
+    """A fingerprint of a model's weights, recorded in validora.json at training (a few milliseconds).
+
+    Four fixed tensors (the first, the last and two between, by sorted name): of each a strided sample
+    of 4,096 values over the whole tensor, hashed exactly in the model's dtype, and 64 of those values
+    as numbers. The same weights in the same dtype give the same hashes on any device; in another dtype
+    the numbers are compared with a tolerance (`fingerprint_mismatch`). A LoRA-wrapped model gives its
+    base model's fingerprint.
+    """
+    params = _base_parameters(model)
+    names = sorted(params)
+    chosen = sorted({names[i * (len(names) - 1) // 3] for i in range(4)}, key=names.index)
+    dtype = str(params[names[0]].dtype).removeprefix("torch.")
+    return {
+        "version": FINGERPRINT_VERSION,
+        "dtype": dtype,
+        "tensors": [_entry(n, params[n], max(1, params[n].numel() // _SAMPLE)) for n in chosen],
+    }
+
+
+def fingerprint_mismatch(recorded: dict[str, Any], model: Any) -> str | None:
+    """Why `model`'s weights are not those `recorded` (weights_fingerprint at training); None if they are.
+
+    Same dtype: every hash must be equal. Another dtype (bf16 on a GPU, float32 on a CPU): the recorded
+    numbers must agree within bfloat16 and float16 rounding (relative 1e-2, absolute 1e-4)."""
+    params = _base_parameters(model)
+    for entry in recorded["tensors"]:
+        name = entry["name"]
+        param = params.get(name)
+        if param is None:
+            return f"it has no tensor {name}"
+        if list(param.shape) != entry["shape"]:
+            return f"its {name} has shape {list(param.shape)}, not {entry['shape']}"
+        current = _entry(name, param, entry["stride"])
+        if str(param.dtype).removeprefix("torch.") == recorded["dtype"]:
+            if current["sha256"] != entry["sha256"]:
+                return f"its {name} holds other values"
+            continue
+        got, want = current["values"], entry["values"]
+        if len(got) != len(want) or any(
+            abs(a - b) > 1e-2 * abs(b) + 1e-4 for a, b in zip(got, want, strict=False)
+        ):
+            return f"its {name} holds other values (compared across {param.dtype} and {recorded['dtype']})"
+    return None

@@ -5,6 +5,7 @@ metrics.json, the three report images and the model card. The directory is stage
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,14 @@ def write_adapter(
     val_probs: torch.Tensor,
     val_gold: Sequence[int],
 ) -> None:
-    """Every file of the adapter directory, into `staging`."""
+    """Every file of the adapter directory, into `staging`; validora.json records the fingerprint of the
+    base model's weights (core/models.weights_fingerprint), which every load compares."""
     from validora.adapter import card
     from validora.core import plots
+    from validora.core.models import weights_fingerprint
+
+    if info.base_fingerprint is None:
+        info = replace(info, base_fingerprint=weights_fingerprint(peft))
 
     peft.save_pretrained(str(staging), safe_serialization=True)
     if info.lexical is not None and readout.lexical is not None:
