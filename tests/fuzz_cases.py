@@ -37,6 +37,7 @@ class AdapterCase:
 
 
 # Fields whose plausible values change scores; "float" (2.5) is such a value for each.
+OPTIONAL_SCORE_FIELDS = {("temperature",), ("lexical",)}
 SCORE_FIELDS = {("temperature",), ("lexical", "mixture_temperature"), ("lora_alpha",), ("r",)}
 
 
@@ -194,7 +195,8 @@ def _json_file_cases(
             changes = path in SCORE_FIELDS and vid == "float"
             cases.append(AdapterCase(f"{tag}:{_pid(path)}={vid}", set_json(name, path, value, raw), changes))
     for key in data if tag == "info" else CONFIG_REQUIRED:
-        cases.append(AdapterCase(f"{tag}:missing-{key}", delete_json(name, (key,))))
+        changes = (key,) in OPTIONAL_SCORE_FIELDS  # older files lack them: the defaults apply
+        cases.append(AdapterCase(f"{tag}:missing-{key}", delete_json(name, (key,)), changes))
     cases += [
         AdapterCase(f"{tag}:extra-key", set_json(name, ("zz_extra",), 1)),
         AdapterCase(f"{tag}:extra-key-deep", set_json(name, ("zz_extra",), None, deep_object())),

@@ -33,7 +33,7 @@ from validora.errors import ValidoraError
 from . import fuzz_cases as fc
 from .conftest import LABELS
 
-TIMEOUT = 20  # seconds per case
+TIMEOUT = 20  # seconds per case (an adapter case: at least 4 times the unmutated adapter's load and scoring)
 TEXTS = [
     "Blue smoke from the exhaust and the oil level drops every week.",
     "The engine starts at once and idles smoothly; nothing to report.",
@@ -132,14 +132,21 @@ def fuzz_base(fresh_model) -> Base:
     return Base(fresh_model)
 
 
+@dataclass(frozen=True)
+class Reference:
+    verdict: list[Any]
+    timeout: int  # seconds a case may take: a loaded machine scores slower
+
+
 @pytest.fixture(scope="module")
-def reference(trained_adapter, fuzz_base, tmp_path_factory) -> list[Any]:
+def reference(trained_adapter, fuzz_base, tmp_path_factory) -> Reference:
     copy = tmp_path_factory.mktemp("fuzz-ref") / FUZZED
     shutil.copytree(trained_adapter, copy)
     first = verdict(copy, fuzz_base)
+    start = time.monotonic()
     again = verdict(copy, fuzz_base)  # the harness itself leaves the model as it found it
     same_verdict(again, first)
-    return first
+    return Reference(first, max(TIMEOUT, math.ceil(4 * (time.monotonic() - start))))
 
 
 def same_verdict(got: list[Any], want: list[Any], changes: bool = False) -> None:
@@ -167,14 +174,14 @@ def test_fuzz_adapter(case: fc.AdapterCase, trained_adapter, fuzz_base, referenc
     shutil.copytree(trained_adapter, path)
     case.mutate(path)
     try:
-        with deadline(TIMEOUT, path):
+        with deadline(reference.timeout, path):
             got = verdict(path, fuzz_base)
     except ValidoraError as exc:
         check_refusal(exc, (FUZZED, fc.INFO, fc.CONFIG, fc.WEIGHTS, fc.LEXICAL))
         return
     if case.changes:
         assert all(abs(sum(g.probs.values()) - 1) < 1e-4 for g in got), f"probabilities {got}"
-    same_verdict(got, reference, case.changes)
+    same_verdict(got, reference.verdict, case.changes)
 
 
 # ---------------------------------------------------------------- readers
