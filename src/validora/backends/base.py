@@ -131,7 +131,9 @@ class LoadedAdapter:
         from validora.score.readout import Readout
 
         fmt = prompt_format(info, tokenizer)
-        readout = _readout(Readout, info, path, snapshot)
+        # Its lexical file from the snapshot's bytes (never read by path again); named as callers name it.
+        who = Path(path).name if name == "validator" else name
+        readout = Readout.of_adapter(info, snapshot.files if snapshot is not None else path, name=who)
         return cls(
             name, info, Path(path), fmt, readout, info.is_alora, bool(info.requirements), handle, snapshot
         )
@@ -151,22 +153,6 @@ class LoadedAdapter:
             f"{who} was trained without requirement texts: each text is scored alone and its requirement "
             "ignored (as in programs)."
         )
-
-
-def _readout(readout: Any, info: AdapterInfo, path: str | Path, snapshot: AdapterSnapshot | None) -> Readout:
-    """The adapter's readout, its lexical file taken from the snapshot's bytes when there is one.
-
-    LEAD: when score/readout.py's Readout.of_adapter takes {file name: bytes}, this becomes
-    `readout.of_adapter(info, snapshot.files if snapshot else path, name=...)`."""
-    from validora.adapter.schema import LEXICAL_FILE
-
-    if snapshot is None or LEXICAL_FILE not in snapshot.files:
-        return readout.of_adapter(info, path)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="validora-lexical-") as tmp:
-        (Path(tmp) / LEXICAL_FILE).write_bytes(snapshot.files[LEXICAL_FILE])
-        return readout.of_adapter(info, tmp)
 
 
 class AdapterRegistry:
