@@ -221,8 +221,7 @@ def info_cases(info: dict, rng: random.Random) -> list[AdapterCase]:
         ("prompt", "max_length"), ("prompt", "prompt_format_version"),
     ]  # fmt: skip
     read += [("prompt", "label_ids", info["labels"][0], 0)]
-    if isinstance(info.get("lexical"), dict):
-        read += [("lexical", k) for k in info["lexical"]]
+    read += [("lexical", "weight"), ("lexical", "mixture_temperature")]  # "file", "kind", "C": not read
     read += [("prompt", k) for k in info["prompt"] if isinstance(info["prompt"][k], (int, float, str))]
     read = [p for p in dict.fromkeys(read) if _has(info, p)]
     cases = _json_file_cases(INFO, "info", info, read, rng)
@@ -260,10 +259,11 @@ def _has(data: Any, path: tuple) -> bool:
 def config_cases(config: dict, rng: random.Random) -> list[AdapterCase]:
     """adapter_config.json: the fields PEFT reads, with values of every kind."""
     cases: list[AdapterCase] = []
-    numeric = [k for k in ("r", "lora_alpha", "lora_dropout") if k in config]
+    numeric = [k for k in ("r", "lora_alpha") if k in config]
     cases += _json_file_cases(CONFIG, "config", config, [(k,) for k in numeric], rng)
     special: dict[str, list[tuple[str, Any]]] = {
         "r": [("10000", 10000), ("1", 1)],
+        "lora_dropout": [("nan", math.nan), ("-1", -1), ("1e300", 1e300), ("str", "x")],
         "target_modules": [
             ("none-match", ["no_such_module"]),
             ("empty", []),
