@@ -36,9 +36,14 @@ class AdapterCase:
     changes: bool = False
 
 
-# Fields whose plausible values change scores; "float" (2.5) is such a value for each.
+# Fields an older validora.json lacks (the defaults apply: scores change).
 OPTIONAL_SCORE_FIELDS = {("temperature",), ("lexical",)}
+# Fields whose plausible values change scores; "float" (2.5) is such a value for each.
 SCORE_FIELDS = {("temperature",), ("lexical", "mixture_temperature"), ("lora_alpha",), ("r",)}
+
+
+# Values of a score-changing field that are valid for it besides 2.5 ("weight" lies in [0, 1)).
+IN_RANGE = {(("lexical", "weight"), "0"), (("lexical", "weight"), "1e-300")}
 
 
 # The shape of the fixture adapter's JSON files (tests/conftest.py `trained_adapter`): the case list is
@@ -192,7 +197,7 @@ def _json_file_cases(
         current = _get(data, path)
         values = NUMERIC if isinstance(current, (int, float)) and not isinstance(current, bool) else TEXTY
         for vid, value, raw in values:
-            changes = path in SCORE_FIELDS and vid == "float"
+            changes = (path in SCORE_FIELDS and vid == "float") or (path, vid) in IN_RANGE
             cases.append(AdapterCase(f"{tag}:{_pid(path)}={vid}", set_json(name, path, value, raw), changes))
     for key in data if tag == "info" else CONFIG_REQUIRED:
         changes = (key,) in OPTIONAL_SCORE_FIELDS  # older files lack them: the defaults apply
