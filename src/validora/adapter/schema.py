@@ -16,6 +16,7 @@ from typing import Any
 
 from validora.adapter.dirread import read_files
 from validora.core import files
+from validora.core.calibration import STORED_T_RANGE  # a stored temperature outside it is corruption
 from validora.core.jsonio import parse_json
 from validora.core.prompting import DEFAULT_MAX_LENGTH, PROMPT_FORMAT_VERSION
 from validora.errors import AdapterError
@@ -34,9 +35,6 @@ WRITTEN_FILES = {
     LEXICAL_FILE,
 }  # fmt: skip
 ADAPTER_TYPES = ("alora", "lora")
-# A stored temperature (the adapter's, the lexical mixture's) outside these is corruption: fits lie in
-# calibration.T_MIN..T_MAX = [0.05, 20] and files written before calibration hold 1.0.
-TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -126,8 +124,8 @@ def _number(v: Any) -> bool:
 
 
 def sane_temperature(v: Any) -> bool:
-    """A finite number within TEMPERATURE_RANGE (1e-300 or 1e300 would turn every verdict into NaN or 1/K)."""
-    return _number(v) and TEMPERATURE_RANGE[0] <= v <= TEMPERATURE_RANGE[1]
+    """A finite number within STORED_T_RANGE (1e-300 or 1e300 would turn every verdict into NaN or 1/K)."""
+    return _number(v) and STORED_T_RANGE[0] <= v <= STORED_T_RANGE[1]
 
 
 def valid_description(v: Any) -> bool:
@@ -211,10 +209,10 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("metrics", isinstance(data.get("metrics", {}), dict), "an object"),
         ("requirements", isinstance(data.get("requirements", False), bool), "true or false"),
         ("temperature", sane_temperature(data.get("temperature", 1.0)),
-         f"a finite number above 0 (from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]:g})"),
+         f"a finite number above 0 (from {STORED_T_RANGE[0]} to {STORED_T_RANGE[1]:g})"),
         ("validora_version", isinstance(data.get("validora_version", ""), str), "a string"),
         ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and '
-         f'"mixture_temperature" from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]:g}'),
+         f'"mixture_temperature" from {STORED_T_RANGE[0]} to {STORED_T_RANGE[1]:g}'),
         ("base_fingerprint", valid_fingerprint(data.get("base_fingerprint")), "null or the fingerprint validora writes"),
     ]  # fmt: skip
     for name, ok, expected in checks:
