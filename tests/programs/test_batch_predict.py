@@ -403,3 +403,84 @@ def test_server_errors_and_engine_switches_are_refused_before_any_line_is_writte
         bad = runner.invoke(app, [*cmd, *flags])
         assert bad.exit_code == 2 and says in bad.stderr, (flags, bad.output)
     assert not fresh.exists() and not meta_path(fresh).exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_is_intact(
+    validator, notes: Path, tmp_path: Path
+):
+    from validora.programs.batch import Engine
+    from validora.programs.output_lock import lock_path
+
+    out = tmp_path / "results.jsonl"
+    first = plan_batch(notes, out, adapter=validator.path, batch_size=2)
+    for overwrite in (False, True):  # not even overwrite=True takes the file from a live run
+        with pytest.raises(ConfigError, match="being written by another validora run") as exc:
+            plan_batch(notes, out, adapter=validator.path, batch_size=2, overwrite=overwrite)
+        assert exc.value.exit_code == 2
+    result = first.run(Counting(validator))
+    assert result.scored == 5 and [r["line"] for r in rows(out)] == [1, 3, 4, 5, 6]  # each line once
+    assert not lock_path(out).exists()  # released and removed with the run
+    again, score = run(validator, notes, out)  # the next run is free again: nothing left to score
+    assert (again.skipped, score.calls) == (5, [])
+    # The CLI: a second `predict --output` exits 2 with the message while another run holds the file.
+    job = Engine(str(validator.path), device="cpu").plan(
+        notes, out, requirement=None, fmt="auto", overwrite=False, stdin=None
+    )
+    args = [
+        "alora",
+        "predict",
+        str(validator.path),
+        "--file",
+        str(notes),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--output" in result.stderr and "another validora run" in result.stderr
+    job.close()
+    assert len(rows(out)) == 5
+
+
+def test_the_sidecar_records_device_and_dtype_and_refuses_to_mix_them(validator, notes: Path, tmp_path: Path):
+    from validora.programs.batch import Engine
+
+    out = tmp_path / "results.jsonl"
+    job = Engine(str(validator.path), device="cpu", batch_size=2).plan(
+        notes, out, requirement=None, fmt="auto", overwrite=False, stdin=None
+    )
+    assert (job.meta["device"], job.meta["dtype"]) == ("cpu", "float32")
+    with pytest.raises(KeyboardInterrupt):
+        job.run(Counting(validator, stop_after=1))
+    before = out.read_bytes()
+    with pytest.raises(
+        ConfigError, match="scored on cpu in float32, and this run scores on cuda in bfloat16"
+    ):
+        plan_batch(notes, out, adapter=validator.path, batch_size=2, device="cuda", dtype="bfloat16")
+    assert out.read_bytes() == before
+    meta = json.loads(meta_path(out).read_text())
+    del meta["device"], meta["dtype"]  # a sidecar written before they were recorded: accepted
+    meta_path(out).write_text(json.dumps(meta))
+    result, _ = run(validator, notes, out, device="cuda", dtype="bfloat16")
+    assert (result.skipped, result.scored) == (2, 3)
+
+
+def test_a_lone_surrogate_in_the_input_is_refused_with_its_line_before_anything_is_written(
+    validator, tmp_path: Path
+):
+    source = tmp_path / "notes.jsonl"
+    source.write_text('{"item": "fine"}\n{"item": "bad \\ud800 text"}\n', encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(DataError) as exc:
+        plan_batch(source, out, adapter=validator.path, batch_size=2)
+    assert [p.line for p in exc.value.problems] == [2] and "lone surrogate" in str(exc.value)
+    assert not out.exists() and not meta_path(out).exists()
+
+
+def test_texts_cut_to_max_length_are_counted_and_warned_about(trained_adapter: Path):
+    from validora.programs.batch import Engine
+
+    long = "rod knock " * 1200
+    with pytest.warns(UserWarning, match=r"1 of 2 text\(s\) were longer than max_length \d+ tokens"):
+        Engine(str(trained_adapter), device="cpu").predict([long, "runs fine"], [None, None])

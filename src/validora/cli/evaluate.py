@@ -15,7 +15,9 @@ from validora.cli.display import console, handles_errors, metrics_tables, out
 from validora.errors import ConfigError
 
 if TYPE_CHECKING:
+    from validora.backends.validator import Validator
     from validora.core.calibration import Threshold
+    from validora.core.data import Example
 
 
 def _beside(plot: Path, kind: str) -> Path:
@@ -103,6 +105,7 @@ def evaluate(
     validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
     check_label(label, validator.fmt.labels)
     gold = [e.label for e in examples]
+    _warn_truncated(validator, examples)
     metrics, scores = validator.evaluate(
         [e.item for e in examples], gold, [e.requirement for e in examples], batch_size=batch_size
     )
@@ -137,6 +140,16 @@ def evaluate(
         )
     for path in plots:
         console.print(f"Wrote {path}")
+
+
+def _warn_truncated(validator: Validator, examples: list[Example]) -> None:
+    """Scoring cuts a text longer than the adapter's max_length from the left without a word: say so."""
+    from validora.core.prompting import truncated_count, truncation_note
+
+    reqs = [validator.adapter.requirement_for(e.requirement) for e in examples]
+    if cut := truncated_count(validator.fmt, [e.item for e in examples], reqs):
+        note = truncation_note(cut, len(examples), validator.fmt.max_length, "--max-length")
+        console.print(f"[yellow]Warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _threshold_table(found: Threshold, label: str) -> Table:

@@ -6,23 +6,38 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, out, sigterm_as_interrupt
 from validora.errors import ConfigError
 
 if TYPE_CHECKING:
-    from validora.programs.batch import Engine
+    from validora.programs.batch import BatchJob, BatchRun, Engine
 
 
 # Library messages name settings as a Python caller passes them; this command shows its flags instead.
 def _stdin_bytes() -> bytes:
     buffer = getattr(sys.stdin, "buffer", None)
     return buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
+
+
+def _check_arguments(texts: list[str], requirement: str | None) -> None:
+    """Texts and a requirement given on the command line: an empty one would be scored as a verdict on
+    nothing, and bytes that are not UTF-8 (lone surrogates here) crash the tokenizer later."""
+    from validora.core.jsonio import has_surrogate
+
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise ConfigError(f"Text argument {number} is empty; give a text to classify, or leave it out.")
+        if has_surrogate(text):
+            raise ConfigError(f"Text argument {number} is not valid UTF-8 text; pass it as UTF-8.")
+    if requirement is not None and has_surrogate(requirement):
+        raise ConfigError("--requirement is not valid UTF-8 text; pass it as UTF-8.")
 
 
 def _read_texts(path: Path, fmt: str) -> list[tuple[str, str | None]]:
@@ -104,6 +119,9 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="With --output: start over, replacing earlier results.")
     ] = False,
+    api_key: Annotated[
+        str | None, options.api_key("With --server: the key the server was started with")
+    ] = None,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
     from validora.programs.batch import Engine
@@ -112,8 +130,9 @@ def predict(
         raise ConfigError("--concurrency goes with --server (in-process scoring batches instead).")
     if server is not None and device != "auto":
         raise ConfigError("--device chooses where the model runs here; with --server the server computes.")
+    _check_arguments(texts or [], requirement)
     engine = Engine(adapter, server=server, basemodel=basemodel, device=device, revision=revision,
-                    batch_size=batch_size, concurrency=concurrency)  # fmt: skip
+                    batch_size=batch_size, concurrency=concurrency, api_key=api_key or None)  # fmt: skip
     if output is not None or overwrite:
         _predict_to_file(engine, texts, file, output, overwrite, text_format, requirement)
         return
@@ -156,8 +175,6 @@ def _predict_to_file(
     """--output: the library streams and resumes; here only the progress bar and the messages."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from validora.errors import LlamaCppError
-
     if output is None:
         raise ConfigError("--overwrite goes with --output.")
     if file is None or texts:
@@ -190,6 +207,24 @@ def _predict_to_file(
         return f"{state['done']} of {state['total'] or '?'} results are in {escape(str(output))}"
 
     # A server that is not there or lacks the adapter fails here, before the output is touched.
+    try:
+        run = _run_job(job, engine, progress, bar, kept)
+    finally:
+        job.close()  # the output's lock: released however the run ended
+    if run.dropped_partial:
+        console.print(
+            "Dropped an incomplete last line left by an interrupted run; it was scored again.", soft_wrap=True
+        )
+    resumed = f" ({run.skipped} were already there)" if run.skipped else ""
+    console.print(
+        f"{run.total} results in {escape(str(run.output))}{resumed}.", highlight=False, soft_wrap=True
+    )
+
+
+def _run_job(job: BatchJob, engine: Engine, progress: Any, bar: Any, kept: Any) -> BatchRun:
+    """The scoring, with the messages for an interruption and a lost server."""
+    from validora.errors import LlamaCppError
+
     with engine.open() as score:
         try:
             run = job.run(score, progress)
@@ -212,11 +247,4 @@ def _predict_to_file(
             raise typer.Exit(1) from None
         finally:
             bar.stop()
-    if run.dropped_partial:
-        console.print(
-            "Dropped an incomplete last line left by an interrupted run; it was scored again.", soft_wrap=True
-        )
-    resumed = f" ({run.skipped} were already there)" if run.skipped else ""
-    console.print(
-        f"{run.total} results in {escape(str(run.output))}{resumed}.", highlight=False, soft_wrap=True
-    )
+    return run

@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,16 @@ from validora.adapter.schema import AdapterInfo
 from validora.backends.validator import check_batch_size
 from validora.core import files
 from validora.core.data import Example, resolve_format, scan_input, stream_texts
+from validora.core.jsonio import parse_json
 from validora.errors import ConfigError, DataError, LineProblem
+from validora.programs.output_lock import hold, let_go
 from validora.score.readout import LabelScores
 
 META_VERSION = 1
 # What must be equal for a rerun to append to earlier results (paths may differ: the content decides).
 MATCHED = ("input_sha256", "items", "format", "requirement", "adapter_sha256", "settings", "engine")
 ENGINES = ("in-process", "llama-server")  # sidecars written before the server existed hold no engine
+PRECISION = ("device", "dtype")  # in-process: must match where recorded (older sidecars hold neither)
 
 Scorer = Callable[[Sequence[str], Sequence[str | None]], list[LabelScores]]
 
@@ -64,7 +67,7 @@ def result_row(example: Example, scores: LabelScores) -> str:
 def _read_meta(path: Path) -> dict[str, Any] | None:
     """The sidecar's record, or None when the file is not one of ours."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = parse_json(path.read_bytes())
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and meta.get("validora_batch") == META_VERSION else None
@@ -100,6 +103,13 @@ def _mismatch(output: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> s
         else:
             what = f"a different {key} ({old.get(key)!r}; this run has {new[key]!r})"
         return f"{output} holds results for {what}."
+    recorded = {key: old[key] for key in PRECISION if key in old}
+    if recorded and recorded != {key: new.get(key) for key in recorded}:
+        return (
+            f"{output} holds results scored on {old.get('device')} in {old.get('dtype')}, and this run scores "
+            f"on {new.get('device')} in {new.get('dtype')}; their probabilities differ slightly, so one file "
+            "does not mix them. Rerun on the device the file was started on (device=...)."
+        )
     return None
 
 
@@ -125,7 +135,7 @@ def _done_prefix(output: Path, examples: Iterator[Example]) -> tuple[int, int, b
                 return done, keep, True  # killed mid-write: dropped, then written again
             expected = next(examples, None)
             try:
-                row = json.loads(raw)
+                row = parse_json(raw)
             except ValueError:
                 row = None
             if expected is None or not isinstance(row, dict) or row.get("line") != expected.line:
@@ -168,12 +178,27 @@ class BatchJob:
     requirement: str | None
     batch_size: int
     remaining: Iterator[Example]
+    lock: int | None = None  # the flock that keeps a second run off `output` until this job ends
+
+    def close(self) -> None:
+        """Let another run at `output` (`run` does this when it ends; so does the end of the process)."""
+        let_go(self.output, self.lock)
+        self.lock = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def run(self, score: Scorer, progress: Callable[[int, int], None] | None = None) -> BatchRun:
         """Score the remaining texts, `batch_size` per call of `score(texts, requirements)`; each batch is
         written and flushed to disk before the next, so an interruption leaves whole lines (at worst one
         partial last line, which the next run cuts). `progress(done, total)`: before scoring, after each batch.
         """
+        try:
+            return self._run(score, progress)
+        finally:
+            self.close()
+
+    def _run(self, score: Scorer, progress: Callable[[int, int], None] | None) -> BatchRun:
         if self.keep is None:
             _write_meta(meta_path(self.output), self.meta)
             self.output.write_bytes(b"")  # a new file, or the old one emptied because overwrite asked for it
@@ -210,6 +235,8 @@ def plan_batch(
     overwrite: bool = False,
     stdin: bytes | None = None,
     engine: str = "in-process",
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> BatchJob:
     """Check the input (every bad line reported) and what `output` holds, before any model is loaded.
 
@@ -217,8 +244,10 @@ def plan_batch(
     override) are fingerprinted with the input's bytes; when `output` exists, its sidecar must match and
     its lines must be the results of the input's first texts, in order, or this raises without touching
     anything. `overwrite` starts afresh instead. `stdin` holds the bytes when `source` is "-". `engine`
-    ("in-process" or "llama-server") says what will score it: a rerun must use the same one.
-    Nothing is written until `BatchJob.run`.
+    ("in-process" or "llama-server") says what will score it: a rerun must use the same one, and on the
+    same `device` type and `dtype` where they were recorded ("cpu", "float32"). From here until the job
+    runs or closes, another run at `output` is refused (a hidden lock file beside it). Nothing else is
+    written until `BatchJob.run`.
     """
     check_batch_size(batch_size)
     if engine not in ENGINES:
@@ -232,7 +261,6 @@ def plan_batch(
         if not data.is_file():
             raise ConfigError(f"file {source} does not exist or is not a file.", option="file")
     output = Path(output)
-    meta_file = meta_path(output)
     if output.is_dir() or not output.parent.is_dir():
         raise ConfigError(f"output {output} must be a file in an existing directory.", option="output")
     if isinstance(data, Path) and output.exists() and output.samefile(data):
@@ -251,11 +279,23 @@ def plan_batch(
         "adapter_sha256": adapter_digest(adapter),
         "settings": dict(settings or {}),
         "engine": engine,
+        **{key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None},
     }
     examples = stream_texts(data, name, jsonl)
-    job = BatchJob(output, meta, total, 0, None, False, requirement, batch_size, examples)
+    job = BatchJob(output, meta, total, 0, None, False, requirement, batch_size, examples, hold(output))
+    try:
+        _resume(job, examples, overwrite)
+    except BaseException:
+        job.close()
+        raise
+    return job
+
+
+def _resume(job: BatchJob, examples: Iterator[Example], overwrite: bool) -> None:
+    """What `job.output` holds, checked against the new record: a fresh start, a resume, or a refusal."""
+    output, meta, meta_file = job.output, job.meta, meta_path(job.output)
     if overwrite:
-        return job
+        return
     old = _read_meta(meta_file) if meta_file.exists() else None
     if meta_file.exists() and old is None:
         raise ConfigError(
@@ -264,7 +304,7 @@ def plan_batch(
             option="output",
         )
     if not output.exists():
-        return job
+        return
     if old is None:
         raise ConfigError(
             f"output {output} exists and has no {meta_file.name} saying what it holds, so it cannot be "
@@ -278,7 +318,6 @@ def plan_batch(
             option="output",
         )
     job.skipped, job.keep, job.partial = _done_prefix(output, examples)
-    return job
 
 
 def predict_file(
@@ -307,6 +346,7 @@ class Engine:
     revision: str | None = None
     batch_size: int = 8
     concurrency: int = 1
+    api_key: str | None = None  # the server's, sent as a bearer token (never recorded)
 
     @property
     def name(self) -> str:
@@ -336,24 +376,48 @@ class Engine:
             overwrite=overwrite,
             stdin=stdin,
             engine=self.name,
+            **({} if self.server else self.precision()),
         )
+
+    def precision(self) -> dict[str, str]:
+        """Where and in which dtype the model loaded here computes (its probabilities depend on both)."""
+        from validora.core.models import pick_device, pick_dtype
+
+        device = pick_device(self.device)
+        return {"device": device.type, "dtype": str(pick_dtype(device)).removeprefix("torch.")}
 
     def open(self) -> AbstractContextManager[Scorer]:
         """The scorer, ready: connected to a server that serves the adapter, or the model loaded here."""
         if self.server:
             return ServerScorer(
-                self.server, self.directory, basemodel=self.basemodel, concurrency=self.concurrency
-            )
+                self.server, self.directory, basemodel=self.basemodel, concurrency=self.concurrency,
+                api_key=self.api_key,
+            )  # fmt: skip
+        return self._in_process()
+
+    @contextmanager
+    def _in_process(self) -> Iterator[Scorer]:
+        """The model loaded here; texts longer than the adapter's max_length are counted as they are
+        scored and warned about once, at the end (scoring cuts their beginning without a word)."""
         from validora.backends.validator import load_validator
+        from validora.core.prompting import truncated_count, truncation_note
 
         validator = load_validator(
             self.adapter, basemodel=self.basemodel, device=self.device, revision=self.revision
         )
+        cut, seen = [0], [0]
 
         def score(items: Sequence[str], reqs: Sequence[str | None]) -> list[LabelScores]:
+            own = [validator.adapter.requirement_for(r) for r in reqs]
+            cut[0] += truncated_count(validator.fmt, items, own)
+            seen[0] += len(items)
             return validator.predict(items, requirements=reqs, batch_size=self.batch_size)
 
-        return nullcontext(score)
+        try:
+            yield score
+        finally:
+            if cut[0]:
+                warnings.warn(truncation_note(cut[0], seen[0], validator.fmt.max_length), stacklevel=3)
 
     def predict(
         self, texts: Sequence[str], requirements: Sequence[str | None], requirement: str | None = None
@@ -383,6 +447,7 @@ class ServerScorer:
         basemodel: str | None = None,
         concurrency: int = 1,
         timeout: float | None = None,
+        api_key: str | None = None,
     ):
         from validora.backends.llamacpp import DEFAULT_TIMEOUT, LlamaCppBackend
 
@@ -400,7 +465,7 @@ class ServerScorer:
                 option="server",
             )
         base = basemodel or AdapterInfo.read(Path(adapter)).base_model
-        self.backend = LlamaCppBackend(server, base, timeout=timeout or DEFAULT_TIMEOUT)
+        self.backend = LlamaCppBackend(server, base, timeout=timeout or DEFAULT_TIMEOUT, api_key=api_key)
         self.adapter = self.backend.add_adapter(CustomIntrinsicAdapter(str(adapter)))
         self.name = self.adapter.name
         self.concurrency = concurrency
