@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from validora.cli import app
 from validora.errors import ConfigError, DataError
-from validora.programs.batch import ServerScorer, meta_path, plan_batch, predict_file
+from validora.programs.batch import meta_path, plan_batch, predict_file
+from validora.programs.engines import ServerScorer
 
 from ..conftest import EXAMPLES, ROOT, write_jsonl
 
@@ -408,7 +409,7 @@ def test_server_errors_and_engine_switches_are_refused_before_any_line_is_writte
 def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_is_intact(
     validator, notes: Path, tmp_path: Path
 ):
-    from validora.programs.batch import Engine
+    from validora.programs.engines import Engine
     from validora.programs.output_lock import lock_path
 
     out = tmp_path / "results.jsonl"
@@ -444,7 +445,7 @@ def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_is_int
 
 
 def test_the_sidecar_records_device_and_dtype_and_refuses_to_mix_them(validator, notes: Path, tmp_path: Path):
-    from validora.programs.batch import Engine
+    from validora.programs.engines import Engine
 
     out = tmp_path / "results.jsonl"
     job = Engine(str(validator.path), device="cpu", batch_size=2).plan(
@@ -479,8 +480,34 @@ def test_a_lone_surrogate_in_the_input_is_refused_with_its_line_before_anything_
 
 
 def test_texts_cut_to_max_length_are_counted_and_warned_about(trained_adapter: Path):
-    from validora.programs.batch import Engine
+    from validora.programs.engines import Engine
 
     long = "rod knock " * 1200
     with pytest.warns(UserWarning, match=r"1 of 2 text\(s\) were longer than max_length \d+ tokens"):
         Engine(str(trained_adapter), device="cpu").predict([long, "runs fine"], [None, None])
+
+
+def test_an_adapter_saved_over_between_planning_and_loading_is_refused(
+    trained_adapter: Path, notes: Path, tmp_path: Path
+):
+    """The job records the adapter's digest before the model loads; the model loaded must hold that
+    adapter, or the results file would say one adapter and hold another's verdicts."""
+    from validora.errors import AdapterError
+    from validora.programs.engines import Engine
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_adapter, adapter)
+    engine = Engine(str(adapter), device="cpu", allow_base_mismatch=True)
+    out = tmp_path / "results.jsonl"
+    job = engine.plan(notes, out, requirement=None, fmt="auto", overwrite=False, stdin=None)
+    assert job.meta["settings"] == {"allow_base_mismatch": True}  # a choice that changes verdicts is recorded
+    info = json.loads((adapter / "validora.json").read_text())
+    info["temperature"] = info["temperature"] * 1.5  # another save: same shape, other verdicts
+    (adapter / "validora.json").write_text(json.dumps(info))
+    try:
+        with pytest.raises(AdapterError, match="changed between reading the input and loading it"):
+            with engine.open(job.meta["adapter_sha256"]):
+                pass
+    finally:
+        job.close()
+    assert not out.exists()

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from validora.cli import options
 from validora.cli.display import console, handles_errors, metrics_tables, out
 from validora.errors import ConfigError
 
@@ -93,6 +94,7 @@ def evaluate(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow --plot to replace existing files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    allow_base_mismatch: options.AllowBaseMismatch = False,
 ) -> None:
     """Evaluate an adapter on a labeled JSONL file: accuracy, macro-F1, calibration error (ECE, 10
     bins, on the adapter's calibrated probabilities) and, with --label, a threshold for req(threshold=)."""
@@ -102,7 +104,10 @@ def evaluate(
     from validora.score.evaluation import check_label, evaluation
 
     examples = load_jsonl(datafile)
-    validator = load_validator(adapter, basemodel=basemodel, device=device, revision=revision)
+    validator = load_validator(
+        adapter, basemodel=basemodel, device=device, revision=revision,
+        allow_base_mismatch=allow_base_mismatch,
+    )  # fmt: skip
     check_label(label, validator.fmt.labels)
     gold = [e.label for e in examples]
     _warn_truncated(validator, examples)

@@ -17,6 +17,13 @@ import typer
 AdapterRef = Annotated[str, typer.Argument(help="Adapter directory written by `m alora train`, or a hub id.")]
 AdapterDir = Annotated[Path, typer.Argument(help="Adapter directory written by `m alora train`.")]
 Revision = Annotated[str | None, typer.Option(help="Branch, tag or commit, when ADAPTER is a hub id.")]
+AllowBaseMismatch = Annotated[
+    bool,
+    typer.Option(
+        "--allow-base-mismatch",
+        help="Load the adapter although the base model's weights differ from those it was trained on (a warning, not an error); its verdicts may then be wrong.",
+    ),
+]
 
 
 def basemodel(help: str, **more: Any) -> Any:

@@ -17,10 +17,10 @@ from validora.cli.display import console, handles_errors, out, sigterm_as_interr
 from validora.errors import ConfigError
 
 if TYPE_CHECKING:
-    from validora.programs.batch import BatchJob, BatchRun, Engine
+    from validora.programs.batch import BatchJob, BatchRun
+    from validora.programs.engines import Engine
 
 
-# Library messages name settings as a Python caller passes them; this command shows its flags instead.
 def _stdin_bytes() -> bytes:
     buffer = getattr(sys.stdin, "buffer", None)
     return buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
@@ -122,9 +122,10 @@ def predict(
     api_key: Annotated[
         str | None, options.api_key("With --server: the key the server was started with")
     ] = None,
+    allow_base_mismatch: options.AllowBaseMismatch = False,
 ) -> None:
     """Classify texts with an adapter: predicted label and the probability of every label."""
-    from validora.programs.batch import Engine
+    from validora.programs.engines import Engine
 
     if server is None and concurrency != 1:
         raise ConfigError("--concurrency goes with --server (in-process scoring batches instead).")
@@ -132,7 +133,8 @@ def predict(
         raise ConfigError("--device chooses where the model runs here; with --server the server computes.")
     _check_arguments(texts or [], requirement)
     engine = Engine(adapter, server=server, basemodel=basemodel, device=device, revision=revision,
-                    batch_size=batch_size, concurrency=concurrency, api_key=api_key or None)  # fmt: skip
+                    batch_size=batch_size, concurrency=concurrency, api_key=api_key or None,
+                    allow_base_mismatch=allow_base_mismatch)  # fmt: skip
     if output is not None or overwrite:
         _predict_to_file(engine, texts, file, output, overwrite, text_format, requirement)
         return
@@ -225,7 +227,7 @@ def _run_job(job: BatchJob, engine: Engine, progress: Any, bar: Any, kept: Any) 
     """The scoring, with the messages for an interruption and a lost server."""
     from validora.errors import LlamaCppError
 
-    with engine.open() as score:
+    with engine.open(job.meta["adapter_sha256"]) as score:
         try:
             run = job.run(score, progress)
         except KeyboardInterrupt:
