@@ -120,6 +120,28 @@ def test_weights_that_do_not_match_their_config_are_refused(copy, loaded, change
     refused(copy, loaded, "'engine'", WEIGHTS, *words)
 
 
+def nudged(tensors):
+    """One weight changed by a little: finite, right shape, another adapter's verdicts."""
+    key = sorted(k for k in tensors if "lora_B" in k)[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] += 0.25
+    return tensors
+
+
+def test_a_weights_file_changed_after_saving_is_refused_by_its_recorded_sha256(copy, loaded, fresh_model):
+    """Training records each saved file's sha256; a byte changed later that every other check passes
+    (finite, right shape and dtype) is refused, naming the file. Adapters saved before keep loading."""
+    info = json.loads((copy / "validora.json").read_text())
+    assert set(info["file_sha256"]) == {WEIGHTS, "lexical.safetensors"}
+    edit_weights(copy, nudged)
+    refused(copy, loaded, WEIGHTS, "is not the file its validora.json records", "changed or damaged")
+    edit_json(copy / "validora.json", file_sha256=KeyError)  # as written before the hashes existed
+    with deadline(60):
+        assert load_validator(copy, loaded=fresh_model()).predict(TEXTS[:1])[0].label  # not the shared model
+    edit_json(copy / "validora.json", file_sha256={WEIGHTS: "0" * 63})
+    refused(copy, loaded, "'file_sha256'")
+
+
 def test_truncated_weights_are_refused(copy, loaded):
     data = (copy / WEIGHTS).read_bytes()
     (copy / WEIGHTS).write_bytes(data[: len(data) // 2])

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from validora.adapter.layouts import KINDS, is_adapter_file
 from validora.adapter.saving import check_target, recover, staged_directory
-from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo
+from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo, file_hashes
 from validora.core.files import links_leaving
 from validora.core.jsonio import parse_json
 from validora.core.models import EMBEDDED_ALIAS, EMBEDDED_GGUF, cache_dir, load_tokenizer, resolve_base_model
@@ -286,6 +286,7 @@ def import_adapter(
     skipped: list[str] = []
     with staged_directory(target, overwrite=overwrite, adopt=in_place) as staging:
         skipped = _copy_adapter_files(source, staging, every=in_place)
+        info = replace(info, file_sha256=file_hashes(staging))  # the weights as imported
         (staging / INFO_FILE).write_text(info.to_json(), encoding="utf-8")
         AdapterInfo.read(staging)  # what every later load checks, before the directory changes
     return Imported(path=target, info=info, in_place=in_place, labels_from=labels_from, skipped=skipped)

@@ -7,6 +7,7 @@ interrupted save left beside a directory is only reported here, and recovered by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -58,6 +59,9 @@ class AdapterInfo:
     # The base model's weights at training (core/models.weights_fingerprint); None: files written before
     # it existed or imported from PEFT, which are checked by the base model's name alone.
     base_fingerprint: dict[str, Any] | None = None
+    # sha256 of the weights and the lexical file as saved (`file_hashes`): a byte changed later that keeps
+    # every number finite is caught at load (snapshot.check_hashes). None: files written before it existed.
+    file_sha256: dict[str, str] | None = None
     format_version: int = FORMAT_VERSION
     validora_version: str = ""
 
@@ -137,6 +141,28 @@ def valid_description(v: Any) -> bool:
     return _number(weight) and 0 <= weight < 1 and sane_temperature(temperature)
 
 
+HASHED_FILES = (WEIGHTS_FILE, LEXICAL_FILE)
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """validora.json's "file_sha256" for the files of HASHED_FILES that `directory` holds."""
+    return {
+        name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        for name in HASHED_FILES
+        if (directory / name).is_file()
+    }
+
+
+def valid_hashes(v: Any) -> bool:
+    """Whether "file_sha256" is null or what `file_hashes` writes."""
+    hexes = (
+        isinstance(v, dict) and set(v) <= set(HASHED_FILES) and all(isinstance(h, str) for h in v.values())
+    )
+    return v is None or (
+        hexes and all(len(h) == 64 and set(h) <= set("0123456789abcdef") for h in v.values())
+    )
+
+
 def valid_fingerprint(v: Any) -> bool:
     """Whether "base_fingerprint" is null or what core/models.weights_fingerprint writes."""
     if v is None:
@@ -214,6 +240,7 @@ def _check_info(data: Any, path: Path, directory: Path) -> None:
         ("lexical", valid_description(data.get("lexical")), 'null or an object with "weight" in [0, 1) and '
          f'"mixture_temperature" from {STORED_T_RANGE[0]} to {STORED_T_RANGE[1]:g}'),
         ("base_fingerprint", valid_fingerprint(data.get("base_fingerprint")), "null or the fingerprint validora writes"),
+        ("file_sha256", valid_hashes(data.get("file_sha256")), "null or the sha256 of each saved file"),
     ]  # fmt: skip
     for name, ok, expected in checks:
         if not ok:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from validora.adapter.layouts import DIGESTED_FILES
 from validora.adapter.schema import AdapterInfo
+from validora.errors import AdapterError
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class AdapterSnapshot:
                 digest.update(name.encode() + b"\0")
                 digest.update(self.files[name])
         return digest.hexdigest()
+
+
+def check_hashes(snapshot: AdapterSnapshot) -> None:
+    """Each file whose sha256 validora.json records must have it: a changed byte that leaves every number
+    finite and every shape right still changes verdicts. Checked after the files' own checks, which say
+    more precisely what is wrong when they find it."""
+    for name, recorded in (snapshot.info.file_sha256 or {}).items():
+        data = snapshot.files.get(name)
+        if data is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise AdapterError(
+                f"{snapshot.path / name} is not the file its validora.json records (sha256 "
+                f"{recorded[:12]}..., this one {hashlib.sha256(data).hexdigest()[:12]}...): it was changed or "
+                "damaged after the adapter was saved. Train, import or download the adapter again."
+            )
 
 
 def read_snapshot(directory: str | Path) -> AdapterSnapshot:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from validora.adapter.saving import write_json
-from validora.adapter.schema import LEXICAL_FILE, RELIABILITY_FILE, AdapterInfo
+from validora.adapter.schema import LEXICAL_FILE, RELIABILITY_FILE, AdapterInfo, file_hashes
 from validora.core.prompting import PromptFormat
 from validora.score.readout import Readout
 from validora.train.recipe import TrainConfig
@@ -79,6 +79,7 @@ def write_adapter(
     peft.save_pretrained(str(staging), safe_serialization=True)
     if info.lexical is not None and readout.lexical is not None:
         readout.lexical.save(staging / LEXICAL_FILE)
+    info = replace(info, file_sha256=file_hashes(staging))  # what every load checks the files against
     (staging / "validora.json").write_text(info.to_json(), encoding="utf-8")
     write_json(staging / "metrics.json", report.to_dict())
     plots.training_curves(report, staging / "training_curves.png")
