@@ -538,7 +538,10 @@ def lexical_cases(rng: random.Random) -> list[AdapterCase]:
 def _meta_mutator(meta_edit: Callable[[dict], dict]) -> Mutator:
     def mutate(d: Path) -> None:
         if (d / LEXICAL).exists():  # an adapter without a lexical model: nothing to damage
-            tensors_edit(LEXICAL, lambda t: t, meta_edit)(d)
+            # the header written as JSON by hand: safetensors itself cannot write a lone surrogate
+            st_edit(
+                LEXICAL, lambda h, data: ({**h, "__metadata__": meta_edit(dict(h["__metadata__"]))}, data)
+            )(d)
 
     return mutate
 

@@ -129,8 +129,13 @@ def _check_link(dir_fd: int, directory: Path, name: str) -> None:
     """A symlink may point only inside the adapter directory (a snapshot's links into its blobs are the
     hub cache's: those sit beside it, so a hub snapshot's own files are resolved there)."""
     target = os.readlink(name, dir_fd=dir_fd)
-    root = directory.resolve()
-    resolved = (root / target).resolve()
+    try:
+        root = directory.resolve()
+        resolved = (root / target).resolve()
+    except (RuntimeError, OSError) as exc:  # a link loop
+        raise AdapterError(
+            f"{directory / name} is a symbolic link that cannot be followed ({exc})."
+        ) from None
     allowed = [root, *_hub_blobs(root)]
     if not any(resolved.is_relative_to(r) for r in allowed):
         raise AdapterError(

@@ -10,6 +10,7 @@ The files come from a snapshot (snapshot.py): what is checked is what is attache
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tempfile
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_RANK = 4096
 MAX_ALPHA = 1e5  # alpha / r scales every update: 1e30 turns each verdict into NaN
+MIN_ALPHA = 1e-3  # and 1e-300 switches the adapter off: the base model's verdicts given as the adapter's
 _SHOWN = 5
 _REDO = "Train or import the adapter again."
 
@@ -62,8 +64,8 @@ def check_config(data: bytes, info: AdapterInfo, where: str) -> dict[str, Any]:
     targets = config.get("target_modules")
     checks = [
         ("r", _count(config.get("r"), MAX_RANK), f"a whole number from 1 to {MAX_RANK}"),
-        ("lora_alpha", _number(config.get("lora_alpha")) and 0 < config["lora_alpha"] <= MAX_ALPHA,
-         f"a number above 0 and at most {MAX_ALPHA:g}"),
+        ("lora_alpha", _number(config.get("lora_alpha")) and MIN_ALPHA <= config["lora_alpha"] <= MAX_ALPHA,
+         f"a number from {MIN_ALPHA:g} to {MAX_ALPHA:g}"),
         ("lora_dropout", _number(config.get("lora_dropout", 0.0)) and 0 <= config.get("lora_dropout", 0.0) < 1,
          "a number in [0, 1)"),
         ("target_modules", (isinstance(targets, str) and bool(targets)) or (
@@ -185,6 +187,12 @@ def check_weights(
             f"{cause}. A renamed, emptied or foreign weights file would predict with an untrained adapter. "
             f"{_REDO}"
         )
+    saved = [m for m in config.get("modules_to_save") or [] if isinstance(m, str)]
+    if unsaved := [m for m in saved if not any(m in key.split(".") for key in tensors)]:
+        raise AdapterError(
+            f"Adapter {adapter!r}: its config lists modules_to_save {unsaved}, but {where} holds no weights "
+            f"for them. {_REDO}"
+        )
     for key, tensor in tensors.items():
         if key in shapes and tuple(tensor.shape) != shapes[key]:
             raise AdapterError(
@@ -247,20 +255,28 @@ def check_base_weights(info: AdapterInfo, model: Any, adapter: str, *, allow_bas
     )
 
 
-def attach_files(model: Any, files: Mapping[str, bytes], config: dict[str, Any], name: str) -> Any:
+def attach_files(
+    model: Any, files: Mapping[str, bytes], config: dict[str, Any], name: str, where: str = ""
+) -> Any:
     """Attach checked PEFT files (from a snapshot) to `model` (a base model or a PeftModel) as `name`.
 
     They are written to a private temporary directory and loaded by PEFT's own loader, so a LoRA or
-    aLoRA behaves exactly as one loaded from its directory (aLoRA offsets live in the PeftModel)."""
+    aLoRA behaves exactly as one loaded from its directory (aLoRA offsets live in the PeftModel). The
+    config is written as checked: an encoding the check accepted (a BOM) cannot trip PEFT's reader."""
     from peft import PeftModel
 
-    del config  # checked already; PEFT reads the same bytes
     with tempfile.TemporaryDirectory(prefix="validora-adapter-") as tmp:
-        for file in (CONFIG_FILE, WEIGHTS_FILE):
-            (Path(tmp) / file).write_bytes(files[file])
-        if isinstance(model, PeftModel):
-            model.load_adapter(tmp, adapter_name=name, is_trainable=False, use_safetensors=True)
-            return model
-        return PeftModel.from_pretrained(
-            model, tmp, adapter_name=name, is_trainable=False, use_safetensors=True
-        )
+        (Path(tmp) / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+        (Path(tmp) / WEIGHTS_FILE).write_bytes(files[WEIGHTS_FILE])
+        try:
+            if isinstance(model, PeftModel):
+                model.load_adapter(tmp, adapter_name=name, is_trainable=False, use_safetensors=True)
+                return model
+            return PeftModel.from_pretrained(
+                model, tmp, adapter_name=name, is_trainable=False, use_safetensors=True
+            )
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # what the checks did not foresee
+            raise AdapterError(
+                f"Adapter {name!r} ({where or 'read into memory'}): PEFT could not load its weights "
+                f"({exc!r}). {_REDO}"
+            ) from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from validora.adapter.integrity import attach_files, check_config, check_weights
 from validora.adapter.schema import CONFIG_FILE, INFO_FILE, WEIGHTS_FILE, AdapterInfo, pending_recovery
-from validora.adapter.snapshot import AdapterSnapshot, read_snapshot
+from validora.adapter.snapshot import AdapterSnapshot, check_hashes, read_snapshot
 from validora.core.names import is_path_form, last_component, same_base_model
 from validora.core.prompting import DEFAULT_MAX_LENGTH, PromptFormat
 from validora.errors import AdapterError, HubError
@@ -44,7 +44,8 @@ def attach(model: Any, adapter: AdapterSnapshot | str | Path, name: str) -> Any:
     config = checked_config(snapshot)
     where = str(snapshot.path / WEIGHTS_FILE)
     check_weights(snapshot.files[WEIGHTS_FILE], config, model, name_of(snapshot, name), where)
-    return attach_files(model, snapshot.files, config, name)
+    check_hashes(snapshot)  # last: the checks above say more precisely what is wrong
+    return attach_files(model, snapshot.files, config, name, str(snapshot.path))
 
 
 def name_of(snapshot: AdapterSnapshot, name: str) -> str:

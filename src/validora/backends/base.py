@@ -130,7 +130,13 @@ class LoadedAdapter:
         from validora.adapter.loading import prompt_format
         from validora.score.readout import Readout
 
-        fmt = prompt_format(info, tokenizer)
+        try:
+            fmt = prompt_format(info, tokenizer)
+        except ConfigError as exc:  # the tokenizer, or damaged token ids in validora.json
+            raise AdapterError(
+                f"Adapter {name!r} ({Path(path) / 'validora.json'}): {exc} Or its validora.json was damaged: "
+                "train, import or download it again."
+            ) from None
         # Its lexical file from the snapshot's bytes (never read by path again); named as callers name it.
         who = Path(path).name if name == "validator" else name
         readout = Readout.of_adapter(info, snapshot.files if snapshot is not None else path, name=who)

@@ -41,6 +41,8 @@ def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | No
         return None, f"invalid JSON ({exc.msg} at column {exc.colno})", set()
     except RecursionError:
         return None, f"invalid JSON (it is nested deeper than {MAX_DEPTH} levels)", set()
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"invalid JSON ({exc})", set()
     try:
         check_value(obj)  # nesting deeper than MAX_DEPTH, lone surrogates ("\ud800"): refused by line
     except ValueError as exc:
