@@ -505,9 +505,11 @@ def test_an_adapter_saved_over_between_planning_and_loading_is_refused(
     info["temperature"] = info["temperature"] * 1.5  # another save: same shape, other verdicts
     (adapter / "validora.json").write_text(json.dumps(info))
     try:
-        with pytest.raises(AdapterError, match="changed between reading the input and loading it"):
-            with engine.open(job.meta["adapter_sha256"]):
-                pass
+        with (
+            pytest.raises(AdapterError, match="changed between reading the input and loading it"),
+            engine.open(job.meta["adapter_sha256"]),
+        ):
+            pass
     finally:
         job.close()
     assert not out.exists()
