@@ -164,3 +164,33 @@ def test_only_real_options_set_in_a_message_become_flags():
     assert error_message(ConfigError("my run=2/out exists; pass overwrite=True.")) == (
         "my run=2/out exists; pass --overwrite."
     )
+
+
+def test_version_prints_the_version():
+    from validora import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == __version__
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_sigterm_in_the_first_seconds_of_train_is_a_clean_interruption(tmp_path: Path, delay: float):
+    """`m` takes SIGTERM over before importing the app (and torch): a `kill` while it starts exits 130
+    with a message and writes nothing (it was a bare 143)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "adapter"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", "from validora.cli import main; main()", "alora", "train",
+               str(EXAMPLES / "engine_failures.jsonl"), "--outfile", str(out), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
