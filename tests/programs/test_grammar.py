@@ -452,8 +452,50 @@ def unique(*tables: list) -> list[tuple[str, list[str], object]]:
     return [(text, list(labels), expected) for (text, labels), expected in seen.items()]
 
 
+# What a hostile review of the grammar found reading wrong (each now refused or read as written).
+SIGNED = ["+1", "-1"]
+REVIEW = [
+    # separators at a label's ends are part of it: "-1" is not "1", "B-" is not "B"
+    ("must be 1", SIGNED, REFUSED),
+    ("must be '1'", SIGNED, REFUSED),
+    ("must not be 1", SIGNED, REFUSED),
+    ("must be '+1'", SIGNED, {"+1"}),
+    ("must be '-1'", SIGNED, {"-1"}),
+    ("must be 'B'", ["B+", "B-"], REFUSED),
+    ("must be 'no'", ["no-", "yes"], REFUSED),
+    # a label of separators only is no word (it crashed every reading)
+    ("must be 'x'", ["x", "-"], {"x"}),
+    ("must be 'x'", ["x", " "], {"x"}),
+    ("must be 'pass'", ["pass", "fail", "_"], {"pass"}),
+    # the subject is closed: other words can turn the sentence around
+    ("The banned label is 'no_failure'.", E, REFUSED),
+    ("I doubt it is 'no_failure'.", E, REFUSED),
+    ("The bad outcome is 'piston_rings'.", E, REFUSED),
+    ("Zero outputs are 'no_failure'.", E, REFUSED),
+    ("Bob mistakenly thinks it is 'connecting_rod'.", E, REFUSED),
+    ("The failure mode must not be 'no_failure'.", E, ALL - {NF}),
+    ("The output's label must be 'piston_rings'.", E, {PR}),
+    # every clause is about the first clause's subject
+    (
+        "The output must be 'piston_rings' or 'connecting_rod', and the input must be 'connecting_rod'.",
+        E,
+        REFUSED,
+    ),
+    ("The output must be anything but 'piston_rings'. The ground truth is 'no_failure'.", E, REFUSED),
+    ("The output must be 'piston_rings' or 'connecting_rod', and it must not be 'connecting_rod'.", E, {PR}),
+    # yes/no sets: a label spelled without its separators, answer words and numerals name an answer
+    ("must be notok", OK, REFUSED),
+    ("It is KO.", OK, REFUSED),
+    ("must be notvalid", ["valid", "not_valid"], REFUSED),
+    ("Nah.", YN, REFUSED),
+    ("must be ½", ONE_ZERO, REFUSED),
+    ("It is nil.", ONE_ZERO, REFUSED),
+    ("It flunks.", PF, REFUSED),
+]
+
 TABLE = unique(
     ISSUE,
+    REVIEW,
     POSITIVE,
     NEGATED,
     COMPOSED,

@@ -7,8 +7,9 @@ nobody listed is refused, never read as positive.
 
 Tokens. A quoted span ('x', "x", `x`, ‘x’, “x”) is one token: a label when its text is a label, else a
 quoted non-label. Unquoted, a run of words is a label when it is the label's words in order (`-`, `_` and
-spaces are the same inside a label, so "non-compliant" names `non_compliant`; the longest label wins,
-so "piston rings" names `piston rings`, not `rings`); a one-word label that is also a word of this
+spaces between its letters or digits are alike, so "non-compliant" names `non_compliant`; at its ends
+they are its own: `-1` is not `1`; the longest label wins, so "piston rings" names `piston rings`, not
+`rings`); a one-word label that is also a word of this
 grammar (or, not, one, ...) counts only quoted. Case is ignored unless two labels differ only by case or
 separators; then only the exact quoted label counts. Other tokens: words (with their apostrophe: can't),
 the marks , ; . ! ( ) and any other symbol (never part of a form: != == / - ...).
@@ -22,7 +23,8 @@ last label unless after one of / any of / none of; never "and"):
     ELIDED      := ("not" | "never" | "but not" | "rather than" | "instead of") LIST -> all but LIST
                  | "and nothing else", right after a positive LIST                -> unchanged
     clause      := [subject] HEAD BODY | BODY without LIST (or LIST alone, first in the description)
-    subject     := up to 6 plain words ("The failure mode", "It")
+    subject     := up to 6 words of SUBJECT_WORDS ("The failure mode", "It"); a later clause's
+                   subject is none, "it" or the first clause's
     HEAD        := must/should/shall/will/has to/have to/needs to/need to + be, is, are   (positive)
                  | must not/mustn't/must never/must no longer/cannot/can not/can't/won't/shouldn't/
                    shan't/should not/shall not/will not + be, is not, isn't, is never, are not,
@@ -122,7 +124,41 @@ ANSWER_WORDS |= {"violates", "violation", "violations", "breach", "breaches", "p
 ANSWER_WORDS |= {"excellent", "terrible", "awful", "alright", "problematic", "problem", "problems"}
 ANSWER_WORDS |= {"issue", "issues", "flawed", "flaw", "flaws", "defective", "proper", "approve"}
 ANSWER_WORDS |= {"approved", "appropriate", "permitted", "legitimate", "legit", "bogus", "sound"}
+ANSWER_WORDS |= {
+    "nah",
+    "nok",
+    "ko",
+    "nein",
+    "negatory",
+    "nil",
+    "null",
+    "void",
+    "off",
+    "on",
+    "flunk",
+    "flunks",
+}
+NUMBER_WORDS = {"zero", "one", "none", "nil", "null", "half", "nought", "naught", "single", "once", "twice"}
 SUBJECT_NOUNS = {"label", "labels", "class", "value"}  # grammar words that may name the subject
+# A subject is closed too: these words only ("The failure mode", "The output's label", "It"). A subject of
+# other words can turn the sentence around ("The banned label is 'x'", "I doubt it is 'x'"): refused.
+SUBJECT_WORDS = SUBJECT_NOUNS | {"the", "a", "an", "its", "this", "it", "output", "output's", "answer"}
+SUBJECT_WORDS |= {"response", "reply", "text", "message", "summary", "note", "item", "document", "post"}
+SUBJECT_WORDS |= {"review", "category", "classification", "prediction", "predicted", "result", "verdict"}
+SUBJECT_WORDS |= {"mode", "type", "kind", "topic", "sentiment", "failure", "fault", "cause", "diagnosis"}
+SUBJECT_WORDS |= {"part", "component", "model", "model's", "generated", "generation", "final", "engine"}
+SUBJECT_WORDS |= {"triage", "status", "outcome", "decision", "tag", "intent", "language", "tone", "style"}
+SUBJECT_WORDS |= {"statement", "claim", "sentence", "json", "code", "email", "ticket", "comment", "content"}
+SUBJECT_WORDS |= {
+    "report",
+    "record",
+    "description",
+    "request",
+    "query",
+    "engine's",
+    "chatbot's",
+    "assistant's",
+}
 MARKS = set(",;.!?:()")
 PARTICIPLES = [("classified", "as"), ("labelled", "as"), ("labeled", "as"), ("predicted", "as")]
 PARTICIPLES += [("marked", "as"), ("labelled",), ("labeled",)]
@@ -168,7 +204,14 @@ class Token:
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", text.casefold()).strip()
+    """A label or quoted text as compared: case folded, and `-`, `_` and spaces between its letters or
+    digits alike. Separators at its ends are kept: `-1` is not `1`, `B-` is not `B`."""
+    return re.sub(r"(?<=[^\W_])[\s_\-]+(?=[^\W_])", " ", text.casefold())
+
+
+def _squashed(text: str) -> str:
+    """A label's letters and digits only: "notok" and "nok"-like spellings of `not_ok` are this."""
+    return re.sub(r"[\W_]+", "", text.casefold())
 
 
 def yes_no(labels: Sequence[str]) -> bool:
@@ -196,7 +239,11 @@ def _tokens(description: str, labels: Sequence[str], unquoted: bool = True) -> l
     if unquoted is False:
         return raw
     spelled = sorted(
-        ((_norm(label).split(), label) for label in labels if _norm(label) not in clashing),
+        (
+            (_norm(label).split(), label)
+            for label in labels
+            if _norm(label) not in clashing and _norm(label).split()
+        ),
         key=lambda pair: -len(pair[0]),
     )
     out: list[Token] = []
@@ -252,10 +299,8 @@ def negating(word: str) -> bool:
 
 
 def plain(word: str) -> bool:
-    """A word that may stand in a subject: no word of the grammar, none that can negate or restrict."""
-    if word in SUBJECT_NOUNS:
-        return True
-    return word not in GRAMMAR_WORDS and word not in SUBJECT_BARRED and not negating(word)
+    """A word that may stand in a subject: one of SUBJECT_WORDS, none that can negate or restrict."""
+    return word in SUBJECT_WORDS and not negating(word)
 
 
 def read_description(description: str, labels: Sequence[str]) -> set[str]:
@@ -273,10 +318,12 @@ def read_description(description: str, labels: Sequence[str]) -> set[str]:
         refuse_reading(description, labels, f"it names none of the labels ({quoted[0]!r} is no label)")
     if not yes_no(labels):
         refuse_reading(description, labels, "it names none of the labels and they are not yes/no-like")
-    digits = any(c.isdigit() for label in labels for c in label)  # "must be 00" paraphrases "0"
+    digits = any(c.isnumeric() for label in labels for c in label)  # "must be 00" paraphrases "0"
+    squashed = {_squashed(label) for label in labels}  # "notok" spells not_ok
     for t in tokens:
-        numeric = t.kind == "W" and any(c.isdigit() for c in t.text) and digits
-        if t.kind == "S" or numeric or (t.kind == "W" and (t.text in ANSWER_WORDS or negating(t.text))):
+        numeric = t.kind == "W" and (any(c.isnumeric() for c in t.text) or t.text in NUMBER_WORDS) and digits
+        named = t.kind == "W" and (t.text in ANSWER_WORDS or t.text in squashed or negating(t.text))
+        if t.kind == "S" or numeric or named:
             refuse_reading(
                 description,
                 labels,
@@ -292,6 +339,7 @@ class _Parser:
     def __init__(self, description: str, labels: list[str], tokens: list[Token]) -> None:
         self.text, self.labels, self.tokens, self.pos = description, labels, tokens, 0
         self.all = set(labels)
+        self.subject: list[str] = []  # the first clause's subject: later clauses may not change it
 
     def fail(self, why: str) -> NoReturn:
         if self.pos < len(self.tokens):
@@ -384,11 +432,20 @@ class _Parser:
         body = self.body(positive=True, bare_list=first)
         if body is not None:
             return body, False
+        start = self.pos
         for _ in range(6):  # a subject: plain words only
             token = self.tokens[self.pos] if self.pos < len(self.tokens) else None
             if self.head_starts() or not (token and token.kind == "W" and plain(token.text)):
                 break
             self.pos += 1
+        subject = [t.text for t in self.tokens[start : self.pos]]
+        if first:
+            self.subject = subject
+        elif subject not in ([], ["it"], self.subject):  # "the output must be 'a', and the input 'b'"
+            self.fail(
+                f"{' '.join(subject)!r} is another subject than the first clause's: a check judges one "
+                "output's label, so every clause must be about it"
+            )
         if not self.head_starts():
             word = self.word()
             if word and word not in MARKS and word not in GRAMMAR_WORDS:
