@@ -305,3 +305,21 @@ def test_a_base_model_with_other_weights_is_refused_unless_allowed(trained_adapt
     with pytest.warns(UserWarning, match="Loading anyway"):
         validator = load_validator(trained_adapter, loaded=other, allow_base_mismatch=True)
     assert validator.predict(TEXTS[:1])[0].label
+
+
+@pytest.mark.parametrize("stride", [10**12, 0, -3, 10**40, 2.5, True])
+def test_a_malformed_fingerprint_stride_is_an_adapter_error_naming_base_fingerprint(copy, loaded, stride):
+    data = json.loads((copy / "validora.json").read_text())
+    data["base_fingerprint"]["tensors"][0]["stride"] = stride
+    edit_json(copy / "validora.json", base_fingerprint=data["base_fingerprint"])
+    refused(copy, loaded, "validora.json", "base_fingerprint")
+
+
+def test_any_failure_comparing_the_fingerprint_is_an_adapter_error(copy, loaded, monkeypatch):
+    from validora.core import models
+
+    def broken(recorded, model):
+        raise RuntimeError("self.stride(-1) must be 1 to view Float as Byte")
+
+    monkeypatch.setattr(models, "fingerprint_mismatch", broken)
+    refused(copy, loaded, "validora.json's base_fingerprint is malformed", "stride(-1)")

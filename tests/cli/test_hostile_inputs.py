@@ -15,6 +15,9 @@ runner = CliRunner()
     [
         (["fine", "   "], "Text argument 2 is empty"),
         ([""], "Text argument 1 is empty"),
+        (["\u200b"], "Text argument 1 is blank (only invisible characters)"),
+        (["fine", "\u2800\u3164"], "Text argument 2 is blank"),
+        (["\u115f\u1160\uffa0\u00ad\u0301\u3000"], "Text argument 1 is blank"),
         (["bad \udcff byte"], "Text argument 1 is not valid UTF-8"),
         (["fine", "--requirement", "must be \ud800"], "--requirement is not valid UTF-8"),
     ],

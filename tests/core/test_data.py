@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from validora.core.data import Example, labels_of, load_jsonl, stratified_split
+from validora.core.data import Example, is_blank, labels_of, load_jsonl, load_texts, stratified_split
 from validora.errors import DataError
 
 from ..conftest import EXAMPLES, LABELS, write_jsonl
@@ -34,6 +34,22 @@ def test_every_bad_line_is_reported_with_its_number(tmp_path: Path):
     assert 'field "item" must be a string, got int' in text
     assert 'field "item" is empty' in text
     assert "expected a JSON object, got list" in text
+
+
+def test_items_of_only_invisible_characters_are_refused_as_blank(tmp_path: Path):
+    invisible = ["\u200b", "\u2800\u3164", "\ufeff\u200d\u2060", "\u115f\u1160\uffa0", "\u0301", "\x00\u3000"]
+    for text in invisible:
+        assert is_blank(text), repr(text)
+    for text in ["a\u200b", "\u2800x", "\u00e9", "0", "\u4e00"]:
+        assert not is_blank(text), repr(text)
+    path = write_jsonl(tmp_path / "texts.jsonl", [{"item": text} for text in ["fine", *invisible]])
+    with pytest.raises(DataError) as err:
+        load_texts(path)
+    assert [p.line for p in err.value.problems] == list(range(2, 2 + len(invisible)))
+    assert 'field "item" is blank (only invisible characters)' in str(err.value)
+    path = write_jsonl(tmp_path / "labeled.jsonl", [{"item": "fine", "label": "\u200b"}])
+    with pytest.raises(DataError, match='field "label" is blank'):
+        load_jsonl(path)
 
 
 def test_bom_and_bad_utf8_are_named(tmp_path: Path):

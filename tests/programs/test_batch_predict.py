@@ -444,6 +444,55 @@ def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_is_int
     assert len(rows(out)) == 5
 
 
+def test_a_second_run_through_a_symlink_to_the_same_output_is_refused(
+    trained_adapter: Path, notes: Path, tmp_path: Path
+):
+    from validora.programs.output_lock import lock_path
+
+    out, alias = tmp_path / "out.jsonl", tmp_path / "alias.jsonl"
+    alias.symlink_to(out.name)  # dangling until the first run writes: still the same file
+    first = plan_batch(notes, out, adapter=trained_adapter, batch_size=2)
+    try:
+        with pytest.raises(ConfigError, match="being written by another validora run"):
+            plan_batch(notes, alias, adapter=trained_adapter, batch_size=2)
+        assert lock_path(alias) == lock_path(out)
+    finally:
+        first.close()
+    plan_batch(notes, alias, adapter=trained_adapter, batch_size=2).close()  # free again once released
+
+
+def test_a_lock_path_that_cannot_be_a_lock_file_is_refused_not_ignored(
+    trained_adapter: Path, notes: Path, tmp_path: Path
+):
+    from validora.programs.output_lock import lock_path
+
+    out = tmp_path / "out.jsonl"
+    lock_path(out).mkdir()  # a directory where the lock file goes: two runs would both write
+    with pytest.raises(ConfigError, match="lock file") as exc:
+        plan_batch(notes, out, adapter=trained_adapter, batch_size=2)
+    assert str(lock_path(out)) in str(exc.value) and "remove" in str(exc.value)
+    assert exc.value.option == "output" and not out.exists()
+
+
+def test_a_read_only_output_directory_goes_on_without_a_lock(tmp_path: Path, monkeypatch):
+    from validora.programs import output_lock
+
+    out = tmp_path / "out.jsonl"
+    real_open = os.open
+
+    def read_only(path, flags, *rest):  # as in a read-only directory (root writes into one anyway)
+        if Path(path) == output_lock.lock_path(out):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *rest)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path.resolve())
+    assert output_lock.hold(out) == -1  # the write then fails with its own message
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: True)  # writable: the failure is refused
+    with pytest.raises(ConfigError, match="Permission denied"):
+        output_lock.hold(out)
+
+
 def test_the_sidecar_records_device_and_dtype_and_refuses_to_mix_them(validator, notes: Path, tmp_path: Path):
     from validora.programs.engines import Engine
 

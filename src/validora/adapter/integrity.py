@@ -239,7 +239,14 @@ def check_base_weights(info: AdapterInfo, model: Any, adapter: str, *, allow_bas
     recorded = info.base_fingerprint
     if recorded is None:
         return
-    why = fingerprint_mismatch(recorded, model)
+    try:
+        why = fingerprint_mismatch(recorded, model)
+    except Exception as exc:  # an edited fingerprint the schema let through: never a traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AdapterError(
+            f"Adapter {adapter!r}: validora.json's base_fingerprint is malformed ({first}), so the base "
+            f"model's weights cannot be checked. {_REDO}"
+        ) from None
     if why is None:
         return
     text = (

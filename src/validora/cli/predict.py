@@ -29,11 +29,13 @@ def _stdin_bytes() -> bytes:
 def _check_arguments(texts: list[str], requirement: str | None) -> None:
     """Texts and a requirement given on the command line: an empty one would be scored as a verdict on
     nothing, and bytes that are not UTF-8 (lone surrogates here) crash the tokenizer later."""
+    from validora.core.data import is_blank
     from validora.core.jsonio import has_surrogate
 
     for number, text in enumerate(texts, start=1):
-        if not text.strip():
-            raise ConfigError(f"Text argument {number} is empty; give a text to classify, or leave it out.")
+        if is_blank(text):
+            shown = "empty" if not text.strip() else "blank (only invisible characters)"
+            raise ConfigError(f"Text argument {number} is {shown}; give a text to classify, or leave it out.")
         if has_surrogate(text):
             raise ConfigError(f"Text argument {number} is not valid UTF-8 text; pass it as UTF-8.")
     if requirement is not None and has_surrogate(requirement):

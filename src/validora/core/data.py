@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import random
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ MANY_LABELS = 1000  # above this many distinct labels, training data is warned a
 TEXT_FORMATS = ("auto", "jsonl", "text")
 BOM = b"\xef\xbb\xbf"
 _BOM_PROBLEM = "file starts with a UTF-8 byte-order mark (BOM); save it without one"
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn"})  # controls, format, spaces, combining marks
+_BLANK_LOOKING = frozenset("\u2800\u3164\u115f\u1160\uffa0")  # braille blank, Hangul fillers
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class Example:
     label: str
     requirement: str | None = None
     line: int = 0
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing: every character whitespace, invisible (zero-width, controls, combining
+    marks alone) or a blank-looking letter (U+2800, the Hangul fillers). Such a text is refused as empty:
+    a verdict on it would be a verdict on nothing."""
+    return all(c.isspace() or c in _BLANK_LOOKING or unicodedata.category(c) in _INVISIBLE for c in text)
 
 
 def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | None, set[str]]:
@@ -54,8 +64,9 @@ def check_line(raw: str, labeled: bool = True) -> tuple[Example | None, str | No
             return None, f'missing field "{key}"', set()
         if not isinstance(obj[key], str):
             return None, f'field "{key}" must be a string, got {type(obj[key]).__name__}', set()
-        if not obj[key].strip():
-            return None, f'field "{key}" is empty', set()
+        if is_blank(obj[key]):
+            shown = "empty" if not obj[key].strip() else "blank (only invisible characters)"
+            return None, f'field "{key}" is {shown}', set()
     requirement = obj.get("requirement")
     if requirement is not None and not isinstance(requirement, str):
         return None, f'field "requirement" must be a string, got {type(requirement).__name__}', set()

@@ -362,7 +362,10 @@ def _base_parameters(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _sample(param: torch.Tensor, stride: int) -> torch.Tensor:
-    return param.detach().reshape(-1)[::stride][:_SAMPLE].to("cpu").contiguous()
+    # clone, not contiguous(): a one-value sample keeps its stride, and a byte view needs stride 1
+    return (
+        param.detach().reshape(-1)[::stride][:_SAMPLE].to("cpu").clone(memory_format=torch.contiguous_format)
+    )
 
 
 def _entry(name: str, param: torch.Tensor, stride: int) -> dict[str, Any]:
@@ -401,15 +404,19 @@ def fingerprint_mismatch(recorded: dict[str, Any], model: Any) -> str | None:
     """Why `model`'s weights are not those `recorded` (weights_fingerprint at training); None if they are.
 
     Same dtype: every hash must be equal. Another dtype (bf16 on a GPU, float32 on a CPU): the recorded
-    numbers must agree within bfloat16 and float16 rounding (relative 1e-2, absolute 1e-4)."""
+    numbers must agree within bfloat16 and float16 rounding (relative 1e-2, absolute 1e-4). A stride
+    beyond its tensor (an edited fingerprint) is a ValueError naming the entry; the caller names the file."""
     params = _base_parameters(model)
-    for entry in recorded["tensors"]:
+    for i, entry in enumerate(recorded["tensors"]):
         name = entry["name"]
         param = params.get(name)
         if param is None:
             return f"it has no tensor {name}"
         if list(param.shape) != entry["shape"]:
             return f"its {name} has shape {list(param.shape)}, not {entry['shape']}"
+        stride, high = entry["stride"], max(1, param.numel())
+        if not (isinstance(stride, int) and not isinstance(stride, bool) and 1 <= stride <= high):
+            raise ValueError(f"tensors[{i}].stride is {stride!r}, not a whole number from 1 to {high}")
         current = _entry(name, param, entry["stride"])
         if str(param.dtype).removeprefix("torch.") == recorded["dtype"]:
             if current["sha256"] != entry["sha256"]:

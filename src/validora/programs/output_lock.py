@@ -1,9 +1,12 @@
 """The lock a batch run holds on its output: two `predict --output` runs appending to one file would
 write every result twice, so the second is refused at once, before anything is touched.
 
-The flock is on a hidden sibling `.NAME.lock` (the output itself may not exist yet), taken when the run
-is planned and held until it ends (or the process does, however it ends). The lock file is removed while
-still held; a run that opened it just before sees another inode afterwards and takes the new one.
+The flock is on a hidden sibling `.NAME.lock` of the real file (symlinks resolved: two runs reaching one
+file through a link take one lock; the output itself may not exist yet), taken when the run is planned
+and held until it ends (or the process does, however it ends). Only a read-only directory goes without
+one (the output's own write then fails); a lock path that cannot be a lock file (a directory) is refused.
+The lock file is removed while still held; a run that opened it just before sees another inode
+afterwards and takes the new one.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from validora.errors import ConfigError
 
 
 def lock_path(output: str | Path) -> Path:
-    """The hidden lock file a run holds while it writes `output`."""
-    output = Path(output)
+    """The hidden lock file a run holds while it writes `output` (beside the file it really names)."""
+    output = Path(os.path.realpath(output))
     return output.with_name(f".{output.name}.lock")
 
 
@@ -29,8 +32,15 @@ def hold(output: Path) -> int:
     for _ in range(10):
         try:
             os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644))
-        except OSError:
-            return -1  # a read-only directory: nothing can be written there anyway
+        except OSError as exc:
+            if not os.path.lexists(lock) and not os.access(lock.parent, os.W_OK):
+                return -1  # a read-only directory: the output's own write fails there, with its message
+            raise ConfigError(
+                f"output {output} cannot be locked against another validora run: its lock file {lock} "
+                f"cannot be created or opened ({exc.strerror or exc}). If no validora run is writing "
+                f"{output}, remove {lock} and run again.",
+                option="output",
+            ) from None
         fd = files.try_lock(lock)
         if fd is None:
             raise ConfigError(
