@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,22 @@ def read_until(proc: Any, text: str, seconds: float = 240) -> str:
         if text in line or not line:
             break
     return output
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail with TimeoutError instead of hanging (main thread only: SIGALRM)."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from validora.adapter import ioyaml, publish
 from validora.cli import app
 from validora.errors import ConfigError
 
-from ..conftest import LABELS
+from ..conftest import LABELS, deadline
 from ..fake_hub import USER
 
 VALIDORA_FILES = ("validora.json", "metrics.json", "README.md", "lexical.safetensors")
@@ -38,22 +37,6 @@ def m(*args: object):
 
 def said(result) -> str:
     return " ".join(result.output.split())
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (the alias bombs hung before)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"took over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,22 +28,10 @@ from validora.backends.validator import load_validator
 from validora.core.models import fingerprint_mismatch, weights_fingerprint
 from validora.errors import AdapterError
 
+from ..conftest import deadline
+
 WEIGHTS = "adapter_model.safetensors"
 TEXTS = ["The engine knocks loudly under load.", "Blue smoke comes from the exhaust at start."]
-
-
-@contextmanager
-def deadline(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"took over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

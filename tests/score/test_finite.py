@@ -10,8 +10,6 @@ import json
 import math
 import os
 import shutil
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +23,9 @@ from validora.errors import AdapterError
 from validora.score.lexical import LexicalModel
 from validora.score.readout import Readout
 
+from ..conftest import deadline
+
 TEXTS = ["The engine knocks loudly under load.", "Blue smoke comes from the exhaust at start."]
-
-
-@contextmanager
-def deadline(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"took over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
