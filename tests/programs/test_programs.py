@@ -187,6 +187,7 @@ def test_lora_adapters_take_the_full_path(backend, trained_adapter, tmp_path):
     peft.save_pretrained(str(lora_dir))
     info = json.loads((trained_adapter / "validora.json").read_text())
     info["adapter_type"] = "lora"
+    info["file_sha256"] = None  # another adapter's files: hand-made, like one saved before the hashes
     (lora_dir / "validora.json").write_text(json.dumps(info))
     shutil.copy(trained_adapter / LEXICAL_FILE, lora_dir)
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(lora_dir)))
